@@ -1,0 +1,392 @@
+"""SQuAD-style data: nested JSON (v1.1/v2.0), flat JSONL and hub datasets -> validated `Example`s.
+
+Every problem is reported with its location (file, article title, paragraph index, question id,
+field); nothing is dropped or changed silently. `--fix-offsets` repairs `answer_start` values that
+are off by a few characters and reports each repair.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+OFFSET_REPAIR_RADIUS = 32  # how far (characters) --fix-offsets looks for the answer text
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One question about one context, with its gold answers (empty when unanswerable)."""
+
+    id: str
+    question: str
+    context: str
+    answer_texts: tuple[str, ...] = ()
+    answer_starts: tuple[int, ...] = ()
+    title: str = ""
+    is_impossible: bool = False
+
+    @property
+    def has_answer(self) -> bool:
+        return bool(self.answer_texts)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a record lives in its file."""
+
+    file: str
+    title: str | None = None
+    paragraph: int | None = None
+    qid: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.title is not None:
+            parts.append(f"article {self.title!r}")
+        if self.paragraph is not None:
+            parts.append(f"paragraph {self.paragraph}")
+        if self.qid is not None:
+            parts.append(f"question {self.qid!r}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A validation problem: where, which field, what is wrong and how to fix it."""
+
+    where: Location
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: field {self.field!r}: {self.message}"
+
+
+@dataclass
+class Dataset:
+    """Examples of one file plus what validation found."""
+
+    source: str
+    examples: list[Example]
+    version_2: bool
+    problems: list[Problem] = field(default_factory=list)
+    repairs: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class DataError(ValueError):
+    """Raised when a data file cannot be used; the message lists every problem."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None):
+        self.problems = problems or []
+        if self.problems:
+            shown = "\n".join(f"  - {p}" for p in self.problems[:50])
+            more = len(self.problems) - 50
+            message += f"\n{shown}" + (f"\n  ... and {more} more" if more > 0 else "")
+        super().__init__(message)
+
+
+def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train") -> Dataset:
+    """Read and validate a dataset; raise `DataError` listing every problem if it is invalid."""
+    dataset = check_dataset(source, fix_offsets=fix_offsets, split=split)
+    if dataset.problems:
+        raise DataError(f"{source}: {len(dataset.problems)} problem(s); run `spanqa data check {source}`"
+                        " for the full list (`--fix-offsets` repairs slightly-off answer_start values)",
+                        dataset.problems)
+    if not dataset.examples:
+        raise DataError(f"{source}: no questions found")
+    return dataset
+
+
+def check_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train") -> Dataset:
+    """Read a dataset and collect all validation problems (never raises for bad records)."""
+    path = Path(source)
+    if path.exists():
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; pass a .json, .json.gz or .jsonl file")
+        name = path.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            return _check_records(str(path), _read_jsonl(path), fix_offsets)
+        return _check_nested(str(path), _read_json(path), fix_offsets)
+    if _looks_like_path(str(source)):
+        raise DataError(f"{source}: no such file")
+    return _check_records(f"hub:{source}[{split}]", _hub_records(str(source), split), fix_offsets)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.endswith((".json", ".gz", ".jsonl")) or source.startswith((".", "/", "~"))
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_json_file(path: str | Path) -> Any:
+    """Parse a .json or .json.gz file; `DataError` with line and column when it is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with _open_text(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[Location, Any]]:
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Location(str(path), line=lineno), json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown name, ...: say how to use a local file instead
+        raise DataError(
+            f"could not load hub dataset {name!r} (split {split!r}): {type(e).__name__}: {e}\n"
+            "Offline? Pass a local file instead, e.g. --train-file data/train-v1.1.json "
+            "(SQuAD nested .json/.json.gz or flat .jsonl)") from None
+    for i, record in enumerate(ds):
+        yield Location(f"hub:{name}[{split}]", line=i + 1), record
+
+
+class _Checker:
+    """Accumulates problems and repairs while records are converted to `Example`s."""
+
+    def __init__(self, fix_offsets: bool):
+        self.fix_offsets = fix_offsets
+        self.problems: list[Problem] = []
+        self.repairs: list[Problem] = []
+        self.seen_ids: dict[str, Location] = {}
+
+    def problem(self, where: Location, field_name: str, message: str) -> None:
+        self.problems.append(Problem(where, field_name, message))
+
+    def text(self, where: Location, record: dict, key: str) -> str | None:
+        value = record.get(key)
+        if value is None:
+            self.problem(where, key, "missing")
+        elif not isinstance(value, str):
+            self.problem(where, key, f"must be a string, got {type(value).__name__}")
+        elif not value.strip():
+            self.problem(where, key, "empty")
+        else:
+            return value
+        return None
+
+    def qid(self, where: Location, record: dict) -> str | None:
+        qid = record.get("id")
+        if isinstance(qid, int) and not isinstance(qid, bool):
+            qid = str(qid)
+        if not isinstance(qid, str) or not qid:
+            self.problem(where, "id", "missing or not a string")
+            return None
+        if qid in self.seen_ids:
+            self.problem(where, "id", f"duplicate id, first seen at {self.seen_ids[qid]}")
+            return None
+        self.seen_ids[qid] = where
+        return qid
+
+    def answers(self, where: Location, context: str | None, texts: Any, starts: Any,
+                field_name: str) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+        ok = True
+        out_texts, out_starts = [], []
+        for i, (text, start) in enumerate(zip(texts, starts)):
+            f = f"{field_name}[{i}]"
+            if not isinstance(text, str) or not text:
+                self.problem(where, f + ".text", "must be a non-empty string")
+                ok = False
+                continue
+            if not isinstance(start, int) or isinstance(start, bool):
+                self.problem(where, f + ".answer_start", f"must be an integer, got {start!r}")
+                ok = False
+                continue
+            if context is None:
+                continue
+            fixed = self._offset(where, f, context, text, start)
+            if fixed is None:
+                ok = False
+                continue
+            out_texts.append(text)
+            out_starts.append(fixed)
+        return (tuple(out_texts), tuple(out_starts)) if ok else None
+
+    def _offset(self, where: Location, f: str, context: str, text: str, start: int) -> int | None:
+        if start < 0:
+            self.problem(where, f + ".answer_start", f"negative ({start})")
+            return None
+        if start + len(text) > len(context):
+            if not self.fix_offsets:
+                self.problem(where, f + ".answer_start",
+                             f"{start} + len(text) {len(text)} runs past the end of the context "
+                             f"({len(context)} characters)")
+                return None
+        elif context[start:start + len(text)] == text:
+            return start
+        found = _nearest_occurrence(context, text, start)
+        if self.fix_offsets and found is not None and abs(found - start) <= OFFSET_REPAIR_RADIUS:
+            self.repairs.append(Problem(where, f + ".answer_start", f"repaired {start} -> {found}"))
+            return found
+        hint = f" (text found at {found}; --fix-offsets repairs this)" if found is not None else \
+            " (text does not occur in the context)"
+        self.problem(where, f + ".answer_start",
+                     f"context[{start}:{start + len(text)}] is {context[start:start + len(text)]!r}, "
+                     f"not the answer text {text!r}{hint}")
+        return None
+
+
+def _nearest_occurrence(context: str, text: str, start: int) -> int | None:
+    best = None
+    i = context.find(text)
+    while i != -1:
+        if best is None or abs(i - start) < abs(best - start):
+            best = i
+        i = context.find(text, i + 1)
+    return best
+
+
+def _check_nested(source: str, data: Any, fix_offsets: bool) -> Dataset:
+    """SQuAD nested JSON: {"version", "data": [{"title", "paragraphs": [{"context", "qas"}]}]}."""
+    check = _Checker(fix_offsets)
+    examples: list[Example] = []
+    top = Location(source)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
+                        "(for flat records use .jsonl)")
+    version = str(data.get("version", ""))
+    version_2 = version.lstrip("v").startswith("2") or _has_impossible(data["data"])
+    for a, article in enumerate(data["data"]):
+        if not isinstance(article, dict):
+            check.problem(top, f"data[{a}]", "must be an object")
+            continue
+        title = article.get("title", f"#{a}")
+        title = title if isinstance(title, str) else str(title)
+        paragraphs = article.get("paragraphs")
+        if not isinstance(paragraphs, list):
+            check.problem(Location(source, title), "paragraphs", "missing or not a list")
+            continue
+        for p, paragraph in enumerate(paragraphs):
+            where_p = Location(source, title, p)
+            if not isinstance(paragraph, dict):
+                check.problem(where_p, "paragraph", "must be an object")
+                continue
+            context = check.text(where_p, paragraph, "context")
+            qas = paragraph.get("qas")
+            if not isinstance(qas, list):
+                check.problem(where_p, "qas", "missing or not a list")
+                continue
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    check.problem(where_p, f"qas[{q}]", "must be an object")
+                    continue
+                example = _nested_example(check, source, title, p, q, qa, context, version_2)
+                if example is not None:
+                    examples.append(example)
+    return Dataset(source, examples, version_2, check.problems, check.repairs)
+
+
+def _has_impossible(articles: list) -> bool:
+    return any(isinstance(qa, dict) and "is_impossible" in qa
+               for art in articles if isinstance(art, dict)
+               for par in (art.get("paragraphs") or []) if isinstance(par, dict)
+               for qa in (par.get("qas") or []))
+
+
+def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa: dict,
+                    context: str | None, version_2: bool) -> Example | None:
+    where = Location(source, title, p, str(qa.get("id", f"qas[{q}]")))
+    qid = check.qid(where, qa)
+    question = check.text(where, qa, "question")
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        check.problem(where, "is_impossible", f"must be true or false, got {impossible!r}")
+        return None
+    answers = qa.get("answers")
+    if not isinstance(answers, list):
+        check.problem(where, "answers", "missing or not a list")
+        return None
+    if any(not isinstance(a, dict) for a in answers):
+        check.problem(where, "answers", "each answer must be an object with 'text' and 'answer_start'")
+        return None
+    if impossible and answers:
+        check.problem(where, "answers", "is_impossible is true but answers are given "
+                      "(v2.0 keeps those under 'plausible_answers')")
+        return None
+    if not answers and not impossible:
+        hint = "mark it \"is_impossible\": true (v2.0)" if version_2 else \
+            "v1.1 questions need at least one answer; remove the question or use a v2.0 file"
+        check.problem(where, "answers", f"no answers and not marked is_impossible: {hint}")
+        return None
+    spans = check.answers(where, context, [a.get("text") for a in answers],
+                          [a.get("answer_start") for a in answers], "answers")
+    if qid is None or question is None or context is None or spans is None:
+        return None
+    return Example(qid, question, context, spans[0], spans[1], title, impossible)
+
+
+def _check_records(source: str, records: Iterable[tuple[Location, Any]], fix_offsets: bool) -> Dataset:
+    """Flat records as the hub's `squad` uses: id, title, context, question, answers{text, answer_start}."""
+    check = _Checker(fix_offsets)
+    examples: list[Example] = []
+    version_2 = False
+    for where, record in records:
+        if not isinstance(record, dict):
+            check.problem(where, "record", "must be a JSON object")
+            continue
+        where = Location(where.file, record.get("title") if isinstance(record.get("title"), str) else None,
+                         line=where.line, qid=str(record.get("id")))
+        qid = check.qid(where, record)
+        question = check.text(where, record, "question")
+        context = check.text(where, record, "context")
+        answers = record.get("answers")
+        if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
+                or not isinstance(answers.get("answer_start"), list):
+            check.problem(where, "answers", 'must be {"text": [...], "answer_start": [...]}')
+            continue
+        texts, starts = answers["text"], answers["answer_start"]
+        if len(texts) != len(starts):
+            check.problem(where, "answers", f"{len(texts)} texts but {len(starts)} answer_start values")
+            continue
+        spans = check.answers(where, context, texts, starts, "answers")
+        if qid is None or question is None or context is None or spans is None:
+            continue
+        version_2 |= not spans[0]
+        examples.append(Example(qid, question, context, spans[0], spans[1],
+                                record.get("title") or "", not spans[0]))
+    return Dataset(source, examples, version_2, check.problems, check.repairs)
+
+
+def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
+    """Write examples as flat JSONL records (the hub's `squad` layout)."""
+    from .io import atomic_write_text
+
+    lines = (json.dumps({"id": e.id, "title": e.title, "context": e.context, "question": e.question,
+                         "answers": {"text": list(e.answer_texts),
+                                     "answer_start": list(e.answer_starts)}}, ensure_ascii=False)
+             for e in examples)
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,283 @@
+"""Examples -> model windows: tokenize question + context with a sliding window over long contexts.
+
+Each window keeps a character offset map (-1 outside the context), the max-context flag of every
+token (the token's best window, as in the original BERT), and start/end labels (the CLS index when
+the answer is absent from the window or the question is unanswerable). The tokenizer does the
+splitting (a fast HF tokenizer with `return_overflowing_tokens`); labelling and the max-context rule
+are vectorized with numpy rather than the per-token Python loops of HF `prepare_train_features`.
+
+Windows are produced in batches and written to an on-disk cache of memory-mapped arrays keyed by
+data + tokenizer + settings, so peak memory does not grow with the data size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .data import Example
+
+CACHE_FORMAT = 1  # bump when the cached layout or labelling changes
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How question + context become fixed-length model inputs."""
+
+    max_seq_length: int = 384
+    doc_stride: int = 128  # tokens shared by consecutive windows (HF `stride`)
+    max_query_length: int = 64
+
+
+@dataclass
+class Windows:
+    """Model inputs for N windows of length L (numpy arrays, possibly memory-mapped)."""
+
+    input_ids: np.ndarray        # (N, L) int32
+    attention_mask: np.ndarray   # (N, L) int8
+    token_type_ids: np.ndarray | None  # (N, L) int8, None for models without segments
+    offsets: np.ndarray          # (N, L, 2) int32 character span in the context, -1 elsewhere
+    max_context: np.ndarray      # (N, L) bool: this window is the token's best window
+    example_index: np.ndarray    # (N,) int32 index of the window's example
+    start_positions: np.ndarray  # (N,) int32 label, cls_index when no answer in the window
+    end_positions: np.ndarray    # (N,) int32
+    cls_index: np.ndarray        # (N,) int32 position of the CLS token
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def select(self, index: np.ndarray | slice) -> "Windows":
+        """A subset of the windows (copied into memory)."""
+        return Windows(**{f.name: None if getattr(self, f.name) is None else
+                          np.ascontiguousarray(getattr(self, f.name)[index]) for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence["Windows"]) -> "Windows":
+        return Windows(**{f.name: None if getattr(parts[0], f.name) is None else
+                          np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Windows)})
+
+
+class WindowError(ValueError):
+    """Settings that cannot work with this tokenizer/model."""
+
+
+def check_settings(tokenizer, settings: WindowSettings, model_max_positions: int | None = None) -> None:
+    """Raise `WindowError` for settings that cannot produce valid windows."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise WindowError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer: character "
+                          "offsets are needed to map answers; use a model with tokenizer.json")
+    limit = model_max_positions or getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 100_000 and settings.max_seq_length > limit:
+        raise WindowError(f"max_seq_length {settings.max_seq_length} is larger than the model allows ({limit})")
+    room = settings.max_seq_length - settings.max_query_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if room <= 0:
+        raise WindowError(f"max_query_length {settings.max_query_length} leaves no room for the context "
+                          f"in max_seq_length {settings.max_seq_length}")
+    if not 0 <= settings.doc_stride < room:
+        raise WindowError(f"doc_stride {settings.doc_stride} must be >= 0 and < the context room of a window "
+                          f"({room} = max_seq_length - max_query_length - special tokens)")
+
+
+def iter_windows(examples: Sequence[Example], tokenizer, settings: WindowSettings,
+                 batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> Iterator[Windows]:
+    """Yield `Windows` for `examples`, `batch_size` examples at a time (bounded memory)."""
+    check_settings(tokenizer, settings)
+    for lo in range(0, len(examples), batch_size):
+        batch = examples[lo:lo + batch_size]
+        yield _windows_for_batch(batch, lo, tokenizer, settings)
+        if on_batch:
+            on_batch(len(batch))
+
+
+def build_windows(examples: Sequence[Example], tokenizer, settings: WindowSettings) -> Windows:
+    """All windows of `examples` in memory (for small inputs such as live requests)."""
+    return Windows.concat(list(iter_windows(examples, tokenizer, settings)))
+
+
+def truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
+    """Cut each question after its first `max_query_length` tokens (as the original BERT did)."""
+    stripped = [q.lstrip() for q in questions]  # leading spaces waste window room (as in HF run_qa)
+    enc = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=True)
+    return [q if len(offs) <= max_query_length else q[:offs[max_query_length - 1][1]]
+            for q, offs in zip(stripped, enc["offset_mapping"])]
+
+
+def _windows_for_batch(batch: Sequence[Example], first_index: int, tokenizer,
+                       settings: WindowSettings) -> Windows:
+    pad_right = tokenizer.padding_side == "right"
+    questions = truncate_questions([e.question for e in batch], tokenizer, settings.max_query_length)
+    contexts = [e.context for e in batch]
+    enc = tokenizer(questions if pad_right else contexts, contexts if pad_right else questions,
+                    truncation="only_second" if pad_right else "only_first",
+                    max_length=settings.max_seq_length, stride=settings.doc_stride,
+                    return_overflowing_tokens=True, return_offsets_mapping=True,
+                    return_special_tokens_mask=True, padding="max_length", return_tensors="np")
+    n, length = enc["input_ids"].shape
+    attention = enc["attention_mask"].astype(bool)
+    is_context = _context_mask(enc, tokenizer, pad_right, attention)
+    offsets = np.where(is_context[..., None], enc["offset_mapping"], -1).astype(np.int32)
+    sample = enc["overflow_to_sample_mapping"].astype(np.int64)
+    cls_index = _cls_positions(enc["input_ids"], tokenizer)
+    starts, ends = _labels(batch, sample, offsets, is_context, cls_index)
+    token_types = enc.get("token_type_ids")
+    return Windows(
+        input_ids=enc["input_ids"].astype(np.int32),
+        attention_mask=attention.astype(np.int8),
+        token_type_ids=None if token_types is None else token_types.astype(np.int8),
+        offsets=offsets,
+        max_context=_max_context(sample, offsets, is_context),
+        example_index=(sample + first_index).astype(np.int32),
+        start_positions=starts, end_positions=ends, cls_index=cls_index)
+
+
+def _context_mask(enc, tokenizer, pad_right: bool, attention: np.ndarray) -> np.ndarray:
+    """(N, L) True where a token belongs to the context."""
+    if pad_right:
+        # [CLS] question [SEP] context [SEP] (or <s> q </s></s> c </s>): context tokens are the
+        # non-special tokens after the second special token.
+        special = enc["special_tokens_mask"].astype(bool) & attention
+        return ~special & attention & (np.cumsum(special, axis=1) >= 2)
+    n, length = enc["input_ids"].shape  # context-first models (left padding): ask the tokenizer
+    mask = np.zeros((n, length), dtype=bool)
+    for i in range(n):
+        mask[i] = [s == 0 for s in enc.sequence_ids(i)]
+    return mask
+
+
+def _cls_positions(input_ids: np.ndarray, tokenizer) -> np.ndarray:
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    is_cls = input_ids == cls_id
+    return np.where(is_cls.any(axis=1), is_cls.argmax(axis=1), 0).astype(np.int32)
+
+
+def _labels(batch: Sequence[Example], sample: np.ndarray, offsets: np.ndarray,
+            is_context: np.ndarray, cls_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end token of the first gold answer in each window; CLS when it is not inside."""
+    has = np.array([e.has_answer for e in batch], dtype=bool)[sample]
+    s_char = np.array([e.answer_starts[0] if e.has_answer else -1 for e in batch], dtype=np.int64)[sample]
+    e_char = np.array([e.answer_starts[0] + len(e.answer_texts[0]) if e.has_answer else -1
+                       for e in batch], dtype=np.int64)[sample]
+    tok_start, tok_end = offsets[..., 0], offsets[..., 1]
+    length = offsets.shape[1]
+    # The answer is inside the window when the window's context spans [s_char, e_char).
+    ctx_lo = np.where(is_context, tok_start, np.iinfo(np.int32).max).min(axis=1)
+    ctx_hi = np.where(is_context, tok_end, -1).max(axis=1)
+    inside = has & (ctx_lo <= s_char) & (ctx_hi >= e_char)
+    # start: last context token starting at or before s_char; end: first context token ending at or after e_char.
+    starts_ok = is_context & (tok_start <= s_char[:, None])
+    last_start = length - 1 - np.argmax(starts_ok[:, ::-1], axis=1)
+    first_end = np.argmax(is_context & (tok_end >= e_char[:, None]), axis=1)
+    starts = np.where(inside, last_start, cls_index).astype(np.int32)
+    ends = np.where(inside, first_end, cls_index).astype(np.int32)
+    return starts, ends
+
+
+def _max_context(sample: np.ndarray, offsets: np.ndarray, is_context: np.ndarray) -> np.ndarray:
+    """(N, L) True where the window is the token's best window among the windows sharing it.
+
+    The score of a token in a window is min(left context, right context) + 0.01 * window context
+    length (original BERT `_check_is_max_context`); ties go to the earlier window.
+    """
+    n_ctx = is_context.sum(axis=1)
+    left = np.cumsum(is_context, axis=1) - 1
+    score = np.minimum(left, n_ctx[:, None] - 1 - left) + 0.01 * n_ctx[:, None]
+    w, t = np.nonzero(is_context)
+    if len(w) == 0:
+        return np.zeros_like(is_context)
+    ex, cs, ce = sample[w], offsets[w, t, 0], offsets[w, t, 1]
+    order = np.lexsort((w, -score[w, t], ce, cs, ex))  # group by token, best window first
+    key = np.stack([ex[order], cs[order], ce[order]], axis=1)
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = (key[1:] != key[:-1]).any(axis=1)
+    group = np.cumsum(new_group) - 1
+    best_window = w[order][new_group][group]
+    out = np.zeros_like(is_context)
+    sel = w[order] == best_window
+    out[w[order][sel], t[order][sel]] = True
+    return out
+
+
+# --- on-disk cache -----------------------------------------------------------------------------
+
+def fingerprint_examples(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.id, e.question, e.context, e.answer_texts, e.answer_starts],
+                            ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+    h.update(tokenizer.padding_side.encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPANQA_CACHE", Path.home() / ".cache" / "spanqa")) / "windows"
+
+
+def cached_windows(examples: Sequence[Example], tokenizer, settings: WindowSettings,
+                   cache_dir: str | Path | None = None, batch_size: int = 1000,
+                   on_batch: Callable[[int], None] | None = None) -> Windows:
+    """Memory-mapped windows of `examples`, built once and reused while data/tokenizer/settings match."""
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, fingerprint_examples(examples),
+                                     fingerprint_tokenizer(tokenizer), asdict(settings)]).encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    final = root / key
+    if not (final / "meta.json").exists():
+        _write_cache(final, iter_windows(examples, tokenizer, settings, batch_size, on_batch))
+    elif on_batch:
+        on_batch(len(examples))
+    return _open_cache(final)
+
+
+def _write_cache(final: Path, batches: Iterator[Windows]) -> None:
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files: dict[str, object] = {}
+    meta: dict[str, object] = {"n": 0, "dtypes": {}, "shapes": {}}
+    try:
+        for w in batches:
+            for f in fields(Windows):
+                arr = getattr(w, f.name)
+                if arr is None:
+                    continue
+                if f.name not in files:
+                    files[f.name] = open(tmp / f"{f.name}.bin", "wb")
+                    meta["dtypes"][f.name] = arr.dtype.str
+                    meta["shapes"][f.name] = list(arr.shape[1:])
+                files[f.name].write(np.ascontiguousarray(arr).tobytes())
+            meta["n"] += len(w)
+    finally:
+        for fh in files.values():
+            fh.close()
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, final)  # atomic: a half-built cache is never used
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_cache(folder: Path) -> Windows:
+    meta = json.loads((folder / "meta.json").read_text())
+    n = meta["n"]
+    arrays = {}
+    for f in fields(Windows):
+        if f.name not in meta["dtypes"]:
+            arrays[f.name] = None
+        elif n == 0:
+            arrays[f.name] = np.zeros([0, *meta["shapes"][f.name]], dtype=meta["dtypes"][f.name])
+        else:
+            arrays[f.name] = np.memmap(folder / f"{f.name}.bin", mode="r", dtype=meta["dtypes"][f.name],
+                                       shape=(n, *meta["shapes"][f.name]))
+    return Windows(**arrays)
