@@ -14,7 +14,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Fine-tune, evaluate and serve extractive question-answering readers.")
 data_app = typer.Typer(no_args_is_help=True, help="Check and describe SQuAD-style data files.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:

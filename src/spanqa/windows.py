@@ -216,7 +216,9 @@ def fingerprint_examples(examples: Sequence[Example]) -> str:
 
 def fingerprint_tokenizer(tokenizer) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
-    h.update(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None), state.pop("padding", None)  # call-time settings, not identity
+    h.update(json.dumps(state, sort_keys=True).encode("utf-8"))
     h.update(tokenizer.padding_side.encode())
     return h.hexdigest()
 

@@ -1,0 +1,104 @@
+"""Windows: labels map back to the gold answer, long contexts split with overlap, max-context, cache."""
+
+import numpy as np
+import pytest
+
+from conftest import CONTEXT, TINY_QAS
+from spanqa.data import Example
+from spanqa.windows import (WindowError, WindowSettings, build_windows, cached_windows, check_settings,
+                            truncate_questions)
+
+
+def examples(context=CONTEXT):
+    out = []
+    for q in TINY_QAS:
+        text = q["answers"][0]["text"]
+        out.append(Example(q["id"], q["question"], context, (text,), (context.index(text),)))
+    out.append(Example("none", "Who painted it?", context, is_impossible=True))
+    return out
+
+
+def labelled_text(w, i, ex):
+    s, e = w.start_positions[i], w.end_positions[i]
+    return ex.context[w.offsets[i, s, 0]:w.offsets[i, e, 1]]
+
+
+@pytest.mark.parametrize("tok_name", ["tokenizer", "roberta_tokenizer"])
+def test_labels_decode_to_the_answer(request, tok_name):
+    tok = request.getfixturevalue(tok_name)
+    exs = examples()
+    w = build_windows(exs, tok, WindowSettings(max_seq_length=128, doc_stride=32, max_query_length=32))
+    assert len(w) == len(exs)
+    for i in range(len(w)):
+        ex = exs[w.example_index[i]]
+        if ex.has_answer:
+            assert labelled_text(w, i, ex).strip().lower() == ex.answer_texts[0].lower()
+        else:
+            assert w.start_positions[i] == w.end_positions[i] == w.cls_index[i]
+    # offsets only on context tokens, attention on real tokens only
+    assert (w.offsets[w.attention_mask == 0] == -1).all()
+    assert (w.token_type_ids is None) == (tok_name == "roberta_tokenizer")
+
+
+def test_long_context_windows_overlap_and_label_only_where_the_answer_is(tokenizer):
+    filler = " ".join(f"word{i}" for i in range(400))
+    context = filler + " The answer is Marie Curie. " + filler
+    ex = Example("long", "Who is the answer?", context, ("Marie Curie",), (context.index("Marie Curie"),))
+    settings = WindowSettings(max_seq_length=128, doc_stride=48, max_query_length=16)
+    w = build_windows([ex], tokenizer, settings)
+    assert len(w) > 10
+    inside = w.start_positions != w.cls_index
+    assert 1 <= inside.sum() <= 3
+    for i in np.nonzero(inside)[0]:
+        assert labelled_text(w, i, ex) == "Marie Curie"
+    # consecutive windows share exactly doc_stride context tokens
+    first = set(map(tuple, w.offsets[0][w.offsets[0, :, 0] >= 0]))
+    second = set(map(tuple, w.offsets[1][w.offsets[1, :, 0] >= 0]))
+    assert len(first & second) == settings.doc_stride
+    # every context token is max-context in exactly one window
+    tokens = {}
+    for i in range(len(w)):
+        for t in np.nonzero(w.offsets[i, :, 0] >= 0)[0]:
+            tokens.setdefault(tuple(w.offsets[i, t]), []).append(bool(w.max_context[i, t]))
+    assert all(sum(flags) == 1 for flags in tokens.values())
+
+
+def test_max_context_prefers_the_centred_window(tokenizer):
+    context = " ".join(f"w{i}" for i in range(300))
+    ex = Example("c", "q?", context)
+    w = build_windows([ex], tokenizer, WindowSettings(max_seq_length=64, doc_stride=32, max_query_length=8))
+    # a token in the overlap of windows 0 and 1, near the end of window 0, belongs to window 1
+    ctx0 = np.nonzero(w.offsets[0, :, 0] >= 0)[0]
+    last = tuple(w.offsets[0, ctx0[-1]])
+    assert not w.max_context[0, ctx0[-1]]
+    j = [t for t in range(w.offsets.shape[1]) if tuple(w.offsets[1, t]) == last][0]
+    assert w.max_context[1, j]
+
+
+def test_question_truncated_to_max_query_length(tokenizer):
+    long_q = "why " * 100 + "?"
+    (cut,) = truncate_questions([long_q], tokenizer, 10)
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 10
+
+
+def test_bad_settings_are_refused(tokenizer):
+    with pytest.raises(WindowError, match="doc_stride"):
+        check_settings(tokenizer, WindowSettings(max_seq_length=128, doc_stride=100, max_query_length=64))
+    with pytest.raises(WindowError, match="larger than the model allows"):
+        check_settings(tokenizer, WindowSettings(max_seq_length=1024))
+
+
+def test_cache_is_built_once_and_memory_mapped(tokenizer, tmp_path):
+    exs = examples() * 1
+    settings = WindowSettings(max_seq_length=96, doc_stride=16, max_query_length=16)
+    calls = []
+    a = cached_windows(exs, tokenizer, settings, tmp_path, batch_size=2, on_batch=calls.append)
+    b = cached_windows(exs, tokenizer, settings, tmp_path, on_batch=calls.append)
+    assert isinstance(b.input_ids, np.memmap)
+    assert calls == [2, 2, 1, 5]  # built in batches of 2, then reused whole
+    ref = build_windows(exs, tokenizer, settings)
+    for name in ("input_ids", "offsets", "max_context", "start_positions", "example_index"):
+        assert np.array_equal(getattr(b, name), getattr(ref, name))
+    assert len(list(tmp_path.iterdir())) == 1
+    cached_windows(exs, tokenizer, WindowSettings(max_seq_length=80, doc_stride=16, max_query_length=16), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2  # other settings, other key
