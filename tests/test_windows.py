@@ -5,8 +5,7 @@ import pytest
 
 from conftest import CONTEXT, TINY_QAS
 from spanqa.data import Example
-from spanqa.windows import (WindowError, WindowSettings, build_windows, cached_windows, check_settings,
-                            truncate_questions)
+from spanqa.windows import WindowError, WindowSettings, build_windows, cached_windows, check_settings
 
 
 def examples(context=CONTEXT):
@@ -75,10 +74,27 @@ def test_max_context_prefers_the_centred_window(tokenizer):
     assert w.max_context[1, j]
 
 
+@pytest.mark.parametrize("tok_name", ["tokenizer", "roberta_tokenizer"])
+def test_windows_equal_the_tokenizers_own_overflowing_pairs(request, tok_name):
+    tok = request.getfixturevalue(tok_name)
+    context = " ".join([CONTEXT] * 6)
+    exs = [Example(str(i), q["question"], context) for i, q in enumerate(TINY_QAS)]
+    settings = WindowSettings(max_seq_length=96, doc_stride=24, max_query_length=64)
+    w = build_windows(exs, tok, settings)
+    ref = tok([e.question for e in exs], [e.context for e in exs], truncation="only_second", max_length=96,
+              stride=24, return_overflowing_tokens=True, padding="max_length", return_tensors="np")
+    assert np.array_equal(w.input_ids, ref["input_ids"])
+    assert np.array_equal(w.attention_mask, ref["attention_mask"])
+    assert np.array_equal(w.example_index, ref["overflow_to_sample_mapping"])
+    if w.token_type_ids is not None:
+        assert np.array_equal(w.token_type_ids, ref["token_type_ids"])
+
+
 def test_question_truncated_to_max_query_length(tokenizer):
-    long_q = "why " * 100 + "?"
-    (cut,) = truncate_questions([long_q], tokenizer, 10)
-    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 10
+    ex = Example("q", "why " * 100 + "?", CONTEXT)
+    w = build_windows([ex], tokenizer, WindowSettings(max_seq_length=128, doc_stride=16, max_query_length=10))
+    first_context = np.argmax(w.offsets[0, :, 0] >= 0)
+    assert first_context == 1 + 10 + 1  # [CLS] 10 question tokens [SEP]
 
 
 def test_bad_settings_are_refused(tokenizer):

@@ -114,6 +114,142 @@ def score(data: Path = typer.Argument(..., help="SQuAD v1.1 or v2.0 JSON (.json 
             print(f"{k:>20}: {v}")
 
 
+@app.command("train")
+def train_cmd(
+    recipe: Optional[str] = typer.Option(None, help="Named recipe: cpu-fast, full, biobert, distilbert"),
+    config: Optional[str] = typer.Option(None, help="YAML file with the same keys as the flags"),
+    model: Optional[str] = typer.Option(None, help="Encoder: HF model folder or id (default: packaged all-MiniLM-L6-v2)"),
+    train_file: Optional[str] = typer.Option(None, help="Training data (default: train-v1.1 in $SPANQA_DATA)"),
+    dev_file: Optional[str] = typer.Option(None, help="Dev data (default: dev-v1.1 in $SPANQA_DATA)"),
+    valid_split: Optional[float] = typer.Option(None, help="Hold out this share of train as dev instead"),
+    output_dir: Optional[str] = typer.Option(None, help="Where the reader is written (default runs/reader)"),
+    epochs: Optional[float] = None, max_steps: Optional[int] = None,
+    max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
+    batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
+    learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
+    weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
+    max_seq_length: Optional[int] = None, doc_stride: Optional[int] = None, max_query_length: Optional[int] = None,
+    seed: Optional[int] = None,
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    save_steps: Optional[int] = None, eval_steps: Optional[int] = None,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
+    version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
+) -> None:
+    """Fine-tune an encoder into an extractive QA reader and score it on dev."""
+    from .config import ConfigError, build_config
+    from .data import DataError
+    from .models import ModelError
+    from .train import train
+    from .windows import WindowError
+
+    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
+    flags.update(resume=resume or None, version_2=version_2 or None, trust_remote_code=trust_remote_code or None)
+    try:
+        cfg = build_config(recipe, config, **flags)
+        metrics = train(cfg)
+    except (ConfigError, DataError, ModelError, WindowError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt as e:
+        _fail(str(e) or "interrupted", 130)
+    if metrics:
+        _print_summary(cfg.output_dir, metrics)
+
+
+def _print_summary(output_dir: str, metrics: dict) -> None:
+    keys = [k for k in ("exact_match", "f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "valid_loss",
+                        "start_accuracy", "end_accuracy") if k in metrics]
+    print("  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+    print(f"reader written to {output_dir}\n"
+          f"  ask:   spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
+          f"  serve: spanqa serve {output_dir}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+                 data: str = typer.Argument(..., help="Dataset with answers (SQuAD v1.1/v2.0 JSON or JSONL)"),
+                 output_dir: Optional[Path] = typer.Option(None, help="Write predictions and metrics here (default: MODEL/eval)"),
+                 calibrate: bool = typer.Option(False, "--calibrate", help="v2: store the best null threshold in MODEL/spanqa.json"),
+                 batch_size: int = 64, max_samples: Optional[int] = None) -> None:
+    """Run a reader over a dataset and score it with the official metrics."""
+    from .evaluate import evaluate_reader
+
+    try:
+        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples)
+    except ValueError as e:
+        _fail(str(e))
+    print(json.dumps(metrics, indent=2))
+
+
+@app.command("predict")
+def predict_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+                data: str = typer.Argument(..., help="Questions and contexts (answers optional)"),
+                out: Path = typer.Option(Path("predictions.json"), help="Official-format predictions file"),
+                batch_size: int = 64) -> None:
+    """Answer every question of a dataset: predictions.json plus n-best and null odds beside it."""
+    from .evaluate import predict_dataset
+
+    try:
+        n = predict_dataset(model, data, out, batch_size)
+    except ValueError as e:
+        _fail(str(e))
+    print(f"wrote {n} predictions to {out}")
+
+
+@app.command("ask")
+def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder or extractive-QA model id"),
+            question: str = typer.Option(..., "-q", "--question"),
+            context: Optional[str] = typer.Option(None, "-c", "--context", help="The passage"),
+            context_file: Optional[Path] = typer.Option(None, help="Read the passage from a file"),
+            top_k: int = typer.Option(1, help="How many answers"),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Answer one question about a passage."""
+    from .reader import Reader
+
+    if (context is None) == (context_file is None):
+        _fail("give the passage with -c TEXT or --context-file FILE (one of them)")
+    if context_file is not None:
+        if not context_file.is_file():
+            _fail(f"{context_file}: no such file")
+        context = context_file.read_text(encoding="utf-8")
+    if not context.strip() or not question.strip():
+        _fail("the question and the passage must not be empty")
+    answers = Reader.load(model).answer(question, context, top_k=top_k)
+    if as_json:
+        print(json.dumps({"answers": [vars(a) for a in answers]}, indent=2, ensure_ascii=False))
+        return
+    if not answers or answers[0].start < 0:
+        print("(no answer)")
+    for a in answers:
+        if a.start >= 0:
+            print(f"{a.text}\t(score {a.score:.3f}, characters {a.start}-{a.end})")
+
+
+@app.command("quickstart")
+def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the reader goes"),
+               recipe: Optional[str] = typer.Option(None, help="Default: cpu-fast on CPU, full on a GPU")) -> None:
+    """The first run: fine-tune the packaged encoder on SQuAD, evaluate on dev, answer a question."""
+    import torch
+
+    from .reader import Reader
+
+    chosen = recipe or ("full" if torch.cuda.is_available() else "cpu-fast")
+    console.print(f"[bold]spanqa quickstart[/]: recipe {chosen}, output {output_dir}")
+    from .config import build_config
+    from .train import train
+
+    try:
+        metrics = train(build_config(chosen, None, output_dir=output_dir))
+    except ValueError as e:
+        _fail(str(e))
+    context = ("The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair. "
+               "It was designed by the engineering company of Gustave Eiffel and is 330 metres tall.")
+    question = "Who designed the Eiffel Tower?"
+    best = Reader.load(output_dir).answer(question, context)
+    print(f"Q: {question}\nA: {best[0].text if best else '(no answer)'}")
+    _print_summary(output_dir, metrics)
+
+
 def main() -> None:
     """Entry point of the `spanqa` console script."""
     try:

@@ -95,9 +95,13 @@ class DataError(ValueError):
         super().__init__(message)
 
 
-def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train") -> Dataset:
-    """Read and validate a dataset; raise `DataError` listing every problem if it is invalid."""
-    dataset = check_dataset(source, fix_offsets=fix_offsets, split=split)
+def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train",
+                 require_answers: bool = True) -> Dataset:
+    """Read and validate a dataset; raise `DataError` listing every problem if it is invalid.
+
+    With `require_answers=False` (prediction), questions may come without answers.
+    """
+    dataset = check_dataset(source, fix_offsets=fix_offsets, split=split, require_answers=require_answers)
     if dataset.problems:
         raise DataError(f"{source}: {len(dataset.problems)} problem(s); run `spanqa data check {source}`"
                         " for the full list (`--fix-offsets` repairs slightly-off answer_start values)",
@@ -107,19 +111,21 @@ def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = 
     return dataset
 
 
-def check_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train") -> Dataset:
-    """Read a dataset and collect all validation problems (never raises for bad records)."""
+def check_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train",
+                  require_answers: bool = True) -> Dataset:
+    """Read a dataset and collect all validation problems (raises only for unreadable files)."""
     path = Path(source)
     if path.exists():
         if path.is_dir():
             raise DataError(f"{path} is a folder; pass a .json, .json.gz or .jsonl file")
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz")):
-            return _check_records(str(path), _read_jsonl(path), fix_offsets)
-        return _check_nested(str(path), _read_json(path), fix_offsets)
+            return _check_records(str(path), _read_jsonl(path), _Checker(fix_offsets, require_answers))
+        return _check_nested(str(path), _read_json(path), _Checker(fix_offsets, require_answers))
     if _looks_like_path(str(source)):
         raise DataError(f"{source}: no such file")
-    return _check_records(f"hub:{source}[{split}]", _hub_records(str(source), split), fix_offsets)
+    return _check_records(f"hub:{source}[{split}]", _hub_records(str(source), split),
+                          _Checker(fix_offsets, require_answers))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -178,8 +184,9 @@ def _hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
 class _Checker:
     """Accumulates problems and repairs while records are converted to `Example`s."""
 
-    def __init__(self, fix_offsets: bool):
+    def __init__(self, fix_offsets: bool, require_answers: bool = True):
         self.fix_offsets = fix_offsets
+        self.require_answers = require_answers
         self.problems: list[Problem] = []
         self.repairs: list[Problem] = []
         self.seen_ids: dict[str, Location] = {}
@@ -270,9 +277,8 @@ def _nearest_occurrence(context: str, text: str, start: int) -> int | None:
     return best
 
 
-def _check_nested(source: str, data: Any, fix_offsets: bool) -> Dataset:
+def _check_nested(source: str, data: Any, check: _Checker) -> Dataset:
     """SQuAD nested JSON: {"version", "data": [{"title", "paragraphs": [{"context", "qas"}]}]}."""
-    check = _Checker(fix_offsets)
     examples: list[Example] = []
     top = Location(source)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -326,7 +332,7 @@ def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa
     if not isinstance(impossible, bool):
         check.problem(where, "is_impossible", f"must be true or false, got {impossible!r}")
         return None
-    answers = qa.get("answers")
+    answers = qa.get("answers", None if check.require_answers else [])
     if not isinstance(answers, list):
         check.problem(where, "answers", "missing or not a list")
         return None
@@ -337,7 +343,7 @@ def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa
         check.problem(where, "answers", "is_impossible is true but answers are given "
                       "(v2.0 keeps those under 'plausible_answers')")
         return None
-    if not answers and not impossible:
+    if not answers and not impossible and check.require_answers:
         hint = "mark it \"is_impossible\": true (v2.0)" if version_2 else \
             "v1.1 questions need at least one answer; remove the question or use a v2.0 file"
         check.problem(where, "answers", f"no answers and not marked is_impossible: {hint}")
@@ -349,9 +355,8 @@ def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa
     return Example(qid, question, context, spans[0], spans[1], title, impossible)
 
 
-def _check_records(source: str, records: Iterable[tuple[Location, Any]], fix_offsets: bool) -> Dataset:
+def _check_records(source: str, records: Iterable[tuple[Location, Any]], check: _Checker) -> Dataset:
     """Flat records as the hub's `squad` uses: id, title, context, question, answers{text, answer_start}."""
-    check = _Checker(fix_offsets)
     examples: list[Example] = []
     version_2 = False
     for where, record in records:
@@ -363,7 +368,7 @@ def _check_records(source: str, records: Iterable[tuple[Location, Any]], fix_off
         qid = check.qid(where, record)
         question = check.text(where, record, "question")
         context = check.text(where, record, "context")
-        answers = record.get("answers")
+        answers = record.get("answers", None if check.require_answers else {"text": [], "answer_start": []})
         if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
                 or not isinstance(answers.get("answer_start"), list):
             check.problem(where, "answers", 'must be {"text": [...], "answer_start": [...]}')

@@ -96,10 +96,10 @@ def _window_topk(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, max_co
     """Top-k spans of each window: scores (W, k) and start/end token indices."""
     s = torch.from_numpy(np.asarray(start, dtype=np.float32))
     e = torch.from_numpy(np.asarray(end, dtype=np.float32))
-    offs = torch.from_numpy(np.asarray(offsets))
+    offs = torch.from_numpy(np.array(offsets))  # a copy: memory-mapped caches are read-only
     valid_start = offs[..., 0] >= 0
     if max_context is not None:
-        valid_start &= torch.from_numpy(np.asarray(max_context, dtype=bool))
+        valid_start &= torch.from_numpy(np.array(max_context, dtype=bool))
     s = s.masked_fill(~valid_start, -torch.inf)
     e = e.masked_fill(offs[..., 1] < 0, -torch.inf)
     w, length = s.shape

@@ -58,6 +58,7 @@ def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, dty
     path = resolve_model(name_or_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a fresh QA head on an encoder is expected, not a warning
+    hf_logging.disable_progress_bar()
     try:
         return AutoModelForQuestionAnswering.from_pretrained(
             path, use_safetensors=True, trust_remote_code=trust_remote_code,

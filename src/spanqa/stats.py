@@ -9,7 +9,7 @@ import numpy as np
 
 from .data import Example
 from .metrics import normalize_answer
-from .windows import WindowSettings, iter_windows
+from .windows import WindowSettings, _backend_copy, iter_windows
 
 MAX_LENGTHS = (128, 256, 300, 384, 512)
 
@@ -50,12 +50,11 @@ class DataStats:
 
 def pair_lengths(examples: Sequence[Example], tokenizer, batch_size: int = 1000) -> np.ndarray:
     """Token count of question + context with special tokens, untruncated."""
+    backend = _backend_copy(tokenizer)
     out = []
     for lo in range(0, len(examples), batch_size):
         batch = examples[lo:lo + batch_size]
-        enc = tokenizer([e.question for e in batch], [e.context for e in batch], truncation=False,
-                        return_attention_mask=False, return_token_type_ids=False)
-        out.extend(len(ids) for ids in enc["input_ids"])
+        out.extend(len(e.ids) for e in backend.encode_batch([(x.question, x.context) for x in batch]))
     return np.array(out, dtype=np.int64)
 
 

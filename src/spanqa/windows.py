@@ -89,9 +89,10 @@ def iter_windows(examples: Sequence[Example], tokenizer, settings: WindowSetting
                  batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> Iterator[Windows]:
     """Yield `Windows` for `examples`, `batch_size` examples at a time (bounded memory)."""
     check_settings(tokenizer, settings)
+    encoder = _WindowEncoder(tokenizer, settings)
     for lo in range(0, len(examples), batch_size):
         batch = examples[lo:lo + batch_size]
-        yield _windows_for_batch(batch, lo, tokenizer, settings)
+        yield encoder(batch, lo)
         if on_batch:
             on_batch(len(batch))
 
@@ -101,54 +102,120 @@ def build_windows(examples: Sequence[Example], tokenizer, settings: WindowSettin
     return Windows.concat(list(iter_windows(examples, tokenizer, settings)))
 
 
-def truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
-    """Cut each question after its first `max_query_length` tokens (as the original BERT did)."""
-    stripped = [q.lstrip() for q in questions]  # leading spaces waste window room (as in HF run_qa)
-    enc = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=True)
-    return [q if len(offs) <= max_query_length else q[:offs[max_query_length - 1][1]]
-            for q, offs in zip(stripped, enc["offset_mapping"])]
+def _backend_copy(tokenizer):
+    """A private copy of the fast tokenizer's Rust backend, with no truncation or padding."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
-def _windows_for_batch(batch: Sequence[Example], first_index: int, tokenizer,
-                       settings: WindowSettings) -> Windows:
-    pad_right = tokenizer.padding_side == "right"
-    questions = truncate_questions([e.question for e in batch], tokenizer, settings.max_query_length)
-    contexts = [e.context for e in batch]
-    enc = tokenizer(questions if pad_right else contexts, contexts if pad_right else questions,
-                    truncation="only_second" if pad_right else "only_first",
-                    max_length=settings.max_seq_length, stride=settings.doc_stride,
-                    return_overflowing_tokens=True, return_offsets_mapping=True,
-                    return_special_tokens_mask=True, padding="max_length", return_tensors="np")
-    n, length = enc["input_ids"].shape
-    attention = enc["attention_mask"].astype(bool)
-    is_context = _context_mask(enc, tokenizer, pad_right, attention)
-    offsets = np.where(is_context[..., None], enc["offset_mapping"], -1).astype(np.int32)
-    sample = enc["overflow_to_sample_mapping"].astype(np.int64)
-    cls_index = _cls_positions(enc["input_ids"], tokenizer)
-    starts, ends = _labels(batch, sample, offsets, is_context, cls_index)
-    token_types = enc.get("token_type_ids")
-    return Windows(
-        input_ids=enc["input_ids"].astype(np.int32),
-        attention_mask=attention.astype(np.int8),
-        token_type_ids=None if token_types is None else token_types.astype(np.int8),
-        offsets=offsets,
-        max_context=_max_context(sample, offsets, is_context),
-        example_index=(sample + first_index).astype(np.int32),
-        start_positions=starts, end_positions=ends, cls_index=cls_index)
+@dataclass(frozen=True)
+class _Template:
+    """Special tokens around the two segments: prefix A middle B suffix (A = question for BERT/RoBERTa)."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    type_ids: tuple[int, ...]  # types of: prefix tokens..., A, middle..., B, suffix...
+
+    @staticmethod
+    def of(backend) -> "_Template":
+        enc = backend.encode("a", "b", add_special_tokens=True)
+        seq = enc.sequence_ids
+        first = [i for i, s in enumerate(seq) if s == 0]
+        second = [i for i, s in enumerate(seq) if s == 1]
+        ids, types = enc.ids, enc.type_ids
+        prefix, middle, suffix = ids[:first[0]], ids[first[-1] + 1:second[0]], ids[second[-1] + 1:]
+        type_ids = (*types[:first[0]], types[first[0]], *types[first[-1] + 1:second[0]], types[second[0]],
+                    *types[second[-1] + 1:])
+        return _Template(tuple(prefix), tuple(middle), tuple(suffix), tuple(type_ids))
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def _context_mask(enc, tokenizer, pad_right: bool, attention: np.ndarray) -> np.ndarray:
-    """(N, L) True where a token belongs to the context."""
-    if pad_right:
-        # [CLS] question [SEP] context [SEP] (or <s> q </s></s> c </s>): context tokens are the
-        # non-special tokens after the second special token.
-        special = enc["special_tokens_mask"].astype(bool) & attention
-        return ~special & attention & (np.cumsum(special, axis=1) >= 2)
-    n, length = enc["input_ids"].shape  # context-first models (left padding): ask the tokenizer
-    mask = np.zeros((n, length), dtype=bool)
-    for i in range(n):
-        mask[i] = [s == 0 for s in enc.sequence_ids(i)]
-    return mask
+class _WindowEncoder:
+    """Tokenizes each distinct context and question once, then cuts windows with numpy.
+
+    SQuAD asks ~5 questions per paragraph; tokenizing (question, context) pairs, as HF run_qa does,
+    tokenizes every paragraph ~5 times. Segments are tokenized independently by the tokenizer's own
+    pair encoding too, so the windows are identical to its `return_overflowing_tokens` output
+    (a test checks this); the template of special tokens comes from the tokenizer itself.
+    """
+
+    def __init__(self, tokenizer, settings: WindowSettings):
+        self.tokenizer, self.settings = tokenizer, settings
+        self.pad_right = tokenizer.padding_side == "right"
+        self.backend = _backend_copy(tokenizer)
+        self.template = _Template.of(self.backend)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def __call__(self, batch: Sequence[Example], first_index: int) -> Windows:
+        length, stride = self.settings.max_seq_length, self.settings.doc_stride
+        contexts = list(dict.fromkeys(e.context for e in batch))
+        context_row = {c: i for i, c in enumerate(contexts)}
+        c_enc = self.backend.encode_batch(contexts, add_special_tokens=False)
+        c_ids = [np.array(e.ids, dtype=np.int32) for e in c_enc]
+        c_offsets = [np.array(e.offsets, dtype=np.int32).reshape(-1, 2) for e in c_enc]
+        q_ids = [e.ids[:self.settings.max_query_length] for e in
+                 self.backend.encode_batch([e.question.lstrip() for e in batch], add_special_tokens=False)]
+
+        plan = []  # (example, question ids, context row, context token start, end)
+        for i, (e, q) in enumerate(zip(batch, q_ids)):
+            c = context_row[e.context]
+            n_ctx = len(c_ids[c])
+            room = length - len(q) - self.template.n_special
+            start = 0
+            while True:
+                plan.append((i, q, c, start, min(start + room, n_ctx)))
+                if start + room >= n_ctx:
+                    break
+                start += room - stride
+        return self._assemble(batch, plan, c_ids, c_offsets, first_index)
+
+    def _assemble(self, batch, plan, c_ids, c_offsets, first_index: int) -> Windows:
+        length, t = self.settings.max_seq_length, self.template
+        n = len(plan)
+        input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
+        type_ids = np.zeros((n, length), dtype=np.int8)
+        attention = np.zeros((n, length), dtype=np.int8)
+        offsets = np.full((n, length, 2), -1, dtype=np.int32)
+        is_context = np.zeros((n, length), dtype=bool)
+        sample = np.empty(n, dtype=np.int64)
+        for r, (i, q, c, a, b) in enumerate(plan):
+            ctx = c_ids[c][a:b]
+            first, second = (q, ctx) if self.pad_right else (ctx, q)
+            pieces = (t.prefix, first, t.middle, second, t.suffix)
+            sizes = [len(p) for p in pieces]
+            total = sum(sizes)
+            pos = 0 if self.pad_right else length - total  # left padding puts the pad first
+            row = np.concatenate([np.asarray(p, dtype=np.int32) for p in pieces])
+            input_ids[r, pos:pos + total] = row
+            attention[r, pos:pos + total] = 1
+            if self.uses_token_types:
+                type_ids[r, pos:pos + total] = np.repeat(t.type_ids, _type_repeats(sizes))
+            c_at = pos + sizes[0] + (sizes[1] + sizes[2] if self.pad_right else 0)
+            offsets[r, c_at:c_at + len(ctx)] = c_offsets[c][a:b]
+            is_context[r, c_at:c_at + len(ctx)] = True
+            sample[r] = i
+        cls_index = _cls_positions(input_ids, self.tokenizer)
+        starts, ends = _labels(batch, sample, offsets, is_context, cls_index)
+        return Windows(input_ids=input_ids, attention_mask=attention,
+                       token_type_ids=type_ids if self.uses_token_types else None, offsets=offsets,
+                       max_context=_max_context(sample, offsets, is_context),
+                       example_index=(sample + first_index).astype(np.int32),
+                       start_positions=starts, end_positions=ends, cls_index=cls_index)
+
+
+def _type_repeats(sizes: list[int]) -> list[int]:
+    """Repeat counts matching `_Template.type_ids`: 1 per special token, segment sizes for A and B."""
+    prefix, a, middle, b, suffix = sizes
+    return [1] * prefix + [a] + [1] * middle + [b] + [1] * suffix
 
 
 def _cls_positions(input_ids: np.ndarray, tokenizer) -> np.ndarray:
@@ -185,12 +252,15 @@ def _max_context(sample: np.ndarray, offsets: np.ndarray, is_context: np.ndarray
     The score of a token in a window is min(left context, right context) + 0.01 * window context
     length (original BERT `_check_is_max_context`); ties go to the earlier window.
     """
+    out = is_context.copy()  # a token seen by one window only is max-context there
+    shared = np.bincount(sample)[sample] > 1
+    if not shared.any():
+        return out
+    out[shared] = False
     n_ctx = is_context.sum(axis=1)
     left = np.cumsum(is_context, axis=1) - 1
     score = np.minimum(left, n_ctx[:, None] - 1 - left) + 0.01 * n_ctx[:, None]
-    w, t = np.nonzero(is_context)
-    if len(w) == 0:
-        return np.zeros_like(is_context)
+    w, t = np.nonzero(is_context & shared[:, None])
     ex, cs, ce = sample[w], offsets[w, t, 0], offsets[w, t, 1]
     order = np.lexsort((w, -score[w, t], ce, cs, ex))  # group by token, best window first
     key = np.stack([ex[order], cs[order], ce[order]], axis=1)
@@ -198,7 +268,6 @@ def _max_context(sample: np.ndarray, offsets: np.ndarray, is_context: np.ndarray
     new_group[1:] = (key[1:] != key[:-1]).any(axis=1)
     group = np.cumsum(new_group) - 1
     best_window = w[order][new_group][group]
-    out = np.zeros_like(is_context)
     sel = w[order] == best_window
     out[w[order][sel], t[order][sel]] = True
     return out

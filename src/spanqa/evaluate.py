@@ -1,0 +1,105 @@
+"""Scoring predictions of examples with the official metrics, the no-answer threshold, output files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .data import Example
+from .decode import Prediction
+from .io import atomic_write_json
+from .metrics import squad_v1, squad_v2
+
+
+def as_squad_data(examples: Sequence[Example]) -> list[dict]:
+    """The `data` list of a SQuAD file holding `examples` (what the official metrics read)."""
+    return [{"title": "", "paragraphs": [{"context": "", "qas": [
+        {"id": e.id, "answers": [{"text": t} for t in e.answer_texts]} for e in examples]}]}]
+
+
+def score_examples(examples: Sequence[Example], predictions: Sequence[Prediction]) -> dict:
+    """Official v1.1 metrics, or v2.0 ones (with null odds) when any example is unanswerable."""
+    data = as_squad_data(examples)
+    texts = {p.id: p.text for p in predictions}
+    if all(e.has_answer for e in examples):
+        out = squad_v1(data, texts)
+        return {"exact_match": out["exact_match"], "f1": out["f1"]}
+    return squad_v2(data, texts, {p.id: p.null_odds for p in predictions}, na_prob_thresh=float("inf"))
+
+
+def calibrate_threshold(examples: Sequence[Example], predictions: Sequence[Prediction]) -> tuple[float, dict]:
+    """The null-odds threshold that maximizes F1 (official v2.0 sweep) and the metrics it gives."""
+    data = as_squad_data(examples)
+    best_span = {p.id: p.answers[0].text if p.answers else "" for p in predictions}
+    odds = {p.id: p.null_odds for p in predictions}
+    out = squad_v2(data, best_span, odds, na_prob_thresh=float("inf"))
+    threshold = float(out["best_f1_thresh"])
+    at = squad_v2(data, best_span, odds, na_prob_thresh=threshold)
+    return threshold, {"null_threshold": threshold, "calibrated": at}
+
+
+def write_predictions(folder: str | Path, predictions: Sequence[Prediction], version_2: bool) -> None:
+    """predictions.json (official format), nbest_predictions.json, and null_odds.json for v2."""
+    folder = Path(folder)
+    atomic_write_json(folder / "predictions.json", {p.id: p.text for p in predictions})
+    atomic_write_json(folder / "nbest_predictions.json", {
+        p.id: [{"text": a.text, "start": a.start, "end": a.end, "probability": a.score, "logit": a.logit}
+               for a in p.answers] for p in predictions})
+    if version_2:
+        atomic_write_json(folder / "null_odds.json", {p.id: p.null_odds for p in predictions})
+
+
+def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None, calibrate: bool = False,
+                    batch_size: int = 64, max_samples: int | None = None) -> dict:
+    """Predictions and official metrics of a reader on labelled data; v2 `calibrate` stores the threshold."""
+    import json
+
+    from dataclasses import replace
+
+    from .data import DataError, load_dataset
+    from .reader import SETTINGS_FILE, Reader
+    from .train import evaluate_windows
+    from .windows import build_windows
+
+    dataset = load_dataset(data, split="validation")
+    examples = dataset.examples[:max_samples] if max_samples else dataset.examples
+    if not any(e.has_answer for e in examples):
+        raise DataError(f"{data}: no answers to score against; use `spanqa predict`")
+    reader = Reader.load(model, batch_size=batch_size)
+    windows = build_windows(examples, reader.tokenizer, reader.settings.windows)
+    version_2 = dataset.version_2 or reader.settings.decoding.version_2
+    decoding = reader.settings.decoding
+    if version_2 and not decoding.version_2:
+        decoding = replace(decoding, version_2=True)
+    metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, batch_size)
+    out = Path(output_dir) if output_dir else Path(reader.path) / "eval"
+    if calibrate and version_2:
+        threshold, calibrated = calibrate_threshold(examples, preds)
+        metrics.update(calibrated)
+        settings_path = Path(reader.path) / SETTINGS_FILE
+        if not Path(reader.path).is_dir():
+            raise DataError(f"{model}: --calibrate needs a local reader folder to store the threshold")
+        stored = json.loads(settings_path.read_text()) if settings_path.exists() else reader.settings.to_dict()
+        stored.setdefault("decoding", {}).update(null_threshold=threshold, version_2=True)
+        atomic_write_json(settings_path, stored)
+    write_predictions(out, preds, version_2)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def predict_dataset(model: str, data: str, out: str | Path, batch_size: int = 64) -> int:
+    """Answer every question of `data` (answers not needed); write the official predictions format."""
+    from .data import load_dataset
+    from .reader import Reader
+
+    examples = load_dataset(data, split="validation", require_answers=False).examples
+    reader = Reader.load(model, batch_size=batch_size)
+    preds = reader.predict(examples)
+    out = Path(out)
+    atomic_write_json(out, {p.id: p.text for p in preds})
+    stem = out.with_suffix("")
+    atomic_write_json(stem.with_name(stem.name + "_nbest.json"), {
+        p.id: [{"text": a.text, "start": a.start, "end": a.end, "probability": a.score} for a in p.answers]
+        for p in preds})
+    atomic_write_json(stem.with_name(stem.name + "_null_odds.json"), {p.id: p.null_odds for p in preds})
+    return len(preds)

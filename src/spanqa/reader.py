@@ -1,0 +1,138 @@
+"""The one inference path: examples -> windows -> model logits -> shared decoder -> answers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .data import Example
+from .decode import Answer, DecodeSettings, Prediction, decode
+from .models import load_qa_model, load_tokenizer, resolve_model
+from .windows import Windows, WindowSettings, build_windows, check_settings
+
+SETTINGS_FILE = "spanqa.json"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_inputs(windows: Windows, index: np.ndarray,
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+    """Tensors for the windows at `index`, cut to the columns they use, and those columns (lo, hi)."""
+    attention = windows.attention_mask[index]
+    used = np.nonzero(attention.any(axis=0))[0]
+    lo, hi = int(used.min()), int(used.max()) + 1  # left or right padding: keep the used columns
+    batch = {"input_ids": windows.input_ids[index, lo:hi], "attention_mask": attention[:, lo:hi]}
+    if windows.token_type_ids is not None:
+        batch["token_type_ids"] = windows.token_type_ids[index, lo:hi]
+    return {k: torch.from_numpy(np.ascontiguousarray(v).astype(np.int64)).to(device) for k, v in batch.items()}, (lo, hi)
+
+
+@torch.inference_mode()
+def compute_logits(model, windows: Windows, batch_size: int = 64, device: torch.device | None = None,
+                   autocast_dtype: torch.dtype | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end logits (N, L) for all windows, batched by similar length to waste no padding."""
+    device = device or next(model.parameters()).device
+    n, length = windows.input_ids.shape
+    start = np.full((n, length), -1e4, dtype=np.float32)
+    end = np.full((n, length), -1e4, dtype=np.float32)
+    order = np.argsort(-np.asarray(windows.attention_mask).sum(axis=1), kind="stable")
+    model.eval()
+    for lo in range(0, n, batch_size):
+        index = np.sort(order[lo:lo + batch_size])
+        inputs, (c0, c1) = model_inputs(windows, index, device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(**inputs)
+        start[index, c0:c1] = out.start_logits.float().cpu().numpy()
+        end[index, c0:c1] = out.end_logits.float().cpu().numpy()
+        if on_batch:
+            on_batch(len(index))
+    return start, end
+
+
+@dataclass
+class ReaderSettings:
+    """What a trained reader folder records for inference (spanqa.json)."""
+
+    windows: WindowSettings = WindowSettings()
+    decoding: DecodeSettings = DecodeSettings()
+
+    @staticmethod
+    def read(folder: str | Path) -> "ReaderSettings":
+        path = Path(folder) / SETTINGS_FILE
+        if not path.exists():
+            return ReaderSettings()
+        data = json.loads(path.read_text())
+        return ReaderSettings(WindowSettings(**data.get("windows", {})), DecodeSettings(**data.get("decoding", {})))
+
+    def to_dict(self) -> dict:
+        return {"windows": asdict(self.windows), "decoding": asdict(self.decoding)}
+
+
+class Reader:
+    """An extractive QA model with its tokenizer and decoding settings.
+
+    >>> reader = Reader.load("runs/quick/model")
+    >>> reader.answer("Who designed it?", "It was designed by Gustave Eiffel.")[0].text
+    """
+
+    def __init__(self, model, tokenizer, settings: ReaderSettings | None = None,
+                 device: torch.device | None = None, batch_size: int = 32, path: str = ""):
+        self.settings = settings or ReaderSettings()
+        self.device = device or default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.path = path
+        check_settings(tokenizer, self.settings.windows, getattr(model.config, "max_position_embeddings", None))
+
+    @classmethod
+    def load(cls, path_or_id: str, device: str | None = None, batch_size: int = 32,
+             trust_remote_code: bool = False) -> "Reader":
+        """A reader from a trained folder (with spanqa.json) or any extractive-QA model id/folder."""
+        path = resolve_model(path_or_id)
+        settings = ReaderSettings.read(path) if Path(path).exists() else ReaderSettings()
+        model = load_qa_model(path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path)
+
+    def logits(self, windows: Windows, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return compute_logits(self.model, windows, self.batch_size, self.device, on_batch=on_batch)
+
+    def predict(self, examples: Sequence[Example], decoding: DecodeSettings | None = None,
+                on_batch: Callable[[int], None] | None = None) -> list[Prediction]:
+        """Predictions (n-best, null odds) for examples, decoded with the reader's settings."""
+        if not examples:
+            return []
+        windows = build_windows(examples, self.tokenizer, self.settings.windows)
+        start, end = self.logits(windows, on_batch)
+        return decode(examples, windows, start, end, decoding or self.settings.decoding)
+
+    def answer_many(self, pairs: Iterable[tuple[str, str]], top_k: int = 1) -> list[list[Answer]]:
+        """Answers for many (question, context) pairs in one batched pass; [] where no span exists.
+
+        When the model or the calibrated threshold says "no answer", the first answer has empty
+        text, offsets -1 and, as score, the no-answer probability.
+        """
+        examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
+        decoding = self.settings.decoding
+        if top_k > decoding.n_best:
+            decoding = DecodeSettings(**{**asdict(decoding), "n_best": top_k})
+        return [_top_answers(p, top_k) for p in self.predict(examples, decoding)]
+
+    def answer(self, question: str, context: str, top_k: int = 1) -> list[Answer]:
+        """The `top_k` best answers to `question` in `context` (see `answer_many`)."""
+        return self.answer_many([(question, context)], top_k)[0]
+
+
+def _top_answers(p: Prediction, top_k: int) -> list[Answer]:
+    if p.no_answer:
+        return [Answer("", -1, -1, p.null_probability, p.null_score), *p.answers[:top_k - 1]]
+    return p.answers[:top_k]
