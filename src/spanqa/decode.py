@@ -9,7 +9,8 @@ top-k per window and a vectorized merge per example: no Python loop over start x
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -52,21 +53,54 @@ class Answer:
     logit: float  # start_logit + end_logit
 
 
-@dataclass
 class Prediction:
-    """What the reader says about one example."""
+    """What the reader says about one example; its n-best `answers` are built on first access."""
 
-    id: str
-    answers: list[Answer]  # n-best, best first (empty when no span is possible)
-    null_score: float
-    null_odds: float  # null_score - best span logit; large means "no answer"
-    no_answer: bool = False
-    null_probability: float = 0.0
-    extra: dict = field(default_factory=dict)
+    def __init__(self, id: str, context: str, row: int, spans: "_Spans", no_answer: bool):
+        self.id, self.context, self._row, self._spans, self.no_answer = id, context, row, spans, no_answer
+
+    @property
+    def null_score(self) -> float:
+        return float(self._spans.null_score[self._row])
+
+    @property
+    def null_odds(self) -> float:
+        """null_score - best span logit; large means "no answer"."""
+        return float(self._spans.null_odds[self._row])
+
+    @property
+    def null_probability(self) -> float:
+        return float(self._spans.null_probability[self._row])
+
+    @functools.cached_property
+    def answers(self) -> list[Answer]:
+        """n-best spans, best first (empty when no span is possible)."""
+        s, i = self._spans, self._row
+        return [Answer(self.context[s.char_start[i, k]:s.char_end[i, k]], int(s.char_start[i, k]),
+                       int(s.char_end[i, k]), float(s.probability[i, k]), float(s.logit[i, k]))
+                for k in range(int(s.count[i]))]
 
     @property
     def text(self) -> str:
-        return "" if self.no_answer or not self.answers else self.answers[0].text
+        """The answer: the best span, or "" for no answer."""
+        s, i = self._spans, self._row
+        if self.no_answer or s.count[i] == 0:
+            return ""
+        return self.context[s.char_start[i, 0]:s.char_end[i, 0]]
+
+
+@dataclass
+class _Spans:
+    """The decoded n-best of all examples as arrays (E, K)."""
+
+    char_start: np.ndarray
+    char_end: np.ndarray
+    logit: np.ndarray
+    probability: np.ndarray
+    count: np.ndarray             # (E,) valid spans per example
+    null_score: np.ndarray        # (E,)
+    null_odds: np.ndarray         # (E,)
+    null_probability: np.ndarray  # (E,)
 
 
 def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
@@ -79,11 +113,18 @@ def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nda
     win_score = np.full((n_windows, k), -np.inf, dtype=np.float32)
     win_start = np.zeros((n_windows, k), dtype=np.int64)
     win_end = np.zeros((n_windows, k), dtype=np.int64)
+    offsets = np.asarray(offsets)
+    is_ctx = offsets[..., 1] >= 0
+    last = np.where(is_ctx.any(axis=1), length - 1 - np.argmax(is_ctx[:, ::-1], axis=1), 0)
+    order = np.argsort(last, kind="stable")  # chunks of similar extent: columns past it are cut off
     for lo in range(0, n_windows, chunk):
-        hi = min(lo + chunk, n_windows)
-        s, st, en = _window_topk(start_logits[lo:hi], end_logits[lo:hi], offsets[lo:hi],
-                                 None if max_context is None else max_context[lo:hi], k, max_answer_length)
-        win_score[lo:hi], win_start[lo:hi], win_end[lo:hi] = s, st, en
+        idx = order[lo:lo + chunk]
+        cols = int(last[idx].max()) + 1
+        s, st, en = _window_topk(start_logits[idx, :cols], end_logits[idx, :cols], offsets[idx, :cols],
+                                 None if max_context is None else np.asarray(max_context)[idx, :cols],
+                                 k, max_answer_length)
+        got = s.shape[1]
+        win_score[idx, :got], win_start[idx, :got], win_end[idx, :got] = s, st, en
     rows = np.arange(n_windows)
     null = start_logits[rows, cls_index] + end_logits[rows, cls_index]
     null_score = np.full(n_examples, np.inf, dtype=np.float32)
@@ -93,7 +134,12 @@ def best_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.nda
 
 def _window_topk(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, max_context: np.ndarray | None,
                  k: int, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k spans of each window: scores (W, k) and start/end token indices."""
+    """Exact top-k spans of each window: scores (W, k) and start/end token indices.
+
+    A span in a window's top k starts at one of the k starts with the best "best span from here"
+    score (each better start holds a distinct better span), so only those k starts need their
+    max_len ends scored: O(W * L * log D) + O(W * k * D) instead of O(W * L * D).
+    """
     s = torch.from_numpy(np.asarray(start, dtype=np.float32))
     e = torch.from_numpy(np.asarray(end, dtype=np.float32))
     offs = torch.from_numpy(np.array(offsets))  # a copy: memory-mapped caches are read-only
@@ -103,34 +149,60 @@ def _window_topk(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, max_co
     s = s.masked_fill(~valid_start, -torch.inf)
     e = e.masked_fill(offs[..., 1] < 0, -torch.inf)
     w, length = s.shape
-    e_padded = torch.cat([e, e.new_full((w, max_len - 1), -torch.inf)], dim=1)
-    band = s[:, :, None] + e_padded.unfold(1, max_len, 1)  # (W, L, D): span (i, i + d)
-    score, flat = band.reshape(w, -1).topk(k, dim=1)        # sorted, best first
-    start_tok = flat // max_len
-    return score.numpy(), start_tok.numpy(), (start_tok + flat % max_len).numpy()
+    e_padded = torch.cat([e, e.new_full((w, max_len - 1), -torch.inf)], dim=1)  # (W, L + D - 1)
+    per_start = s + _sliding_max(e_padded, max_len)                               # best span from each start
+    k_starts = min(k, length)
+    _, starts = per_start.topk(k_starts, dim=1)                                   # (W, k)
+    ends = starts[:, :, None] + torch.arange(max_len)                             # (W, k, D)
+    band = s.gather(1, starts)[:, :, None] + e_padded.gather(1, ends.reshape(w, -1)).reshape(ends.shape)
+    k_out = min(k, k_starts * max_len)
+    score, flat = band.reshape(w, -1).topk(k_out, dim=1)                          # sorted, best first
+    start_tok = starts.gather(1, flat // max_len)
+    end_tok = (start_tok + flat % max_len).clamp(max=length - 1)  # past-the-end only where score is -inf
+    return score.numpy(), start_tok.numpy(), end_tok.numpy()
+
+
+def _sliding_max(x: torch.Tensor, width: int) -> torch.Tensor:
+    """m[:, i] = max(x[:, i:i + width]) (doubling: log2(width) passes over x)."""
+    m, span = x, 1
+    while span * 2 <= width:
+        m = torch.maximum(m[:, :-span], m[:, span:])
+        span *= 2
+    if span < width:
+        m = torch.maximum(m[:, :-(width - span)], m[:, width - span:])
+    return m
 
 
 def _merge_per_example(score: np.ndarray, start: np.ndarray, end: np.ndarray, example_index: np.ndarray,
                        n_examples: int, n_best: int, null_score: np.ndarray) -> SpanCandidates:
+    """Each example's n best over its windows' top-k lists (sorted merge, no Python loop)."""
     n_windows, k = score.shape
-    flat_score = score.ravel()
-    flat_example = np.repeat(example_index, k)
-    flat_window = np.repeat(np.arange(n_windows), k)
-    order = np.lexsort((-flat_score, flat_example))  # by example, best first (stable: earlier window wins ties)
-    ex_sorted = flat_example[order]
-    group_start = np.searchsorted(ex_sorted, ex_sorted, side="left")
-    rank = np.arange(len(order)) - group_start
-    keep = rank < n_best
-    ex, rk, src = ex_sorted[keep], rank[keep], order[keep]
     out = SpanCandidates(window=np.zeros((n_examples, n_best), np.int64),
                          start_token=np.zeros((n_examples, n_best), np.int64),
                          end_token=np.zeros((n_examples, n_best), np.int64),
                          score=np.full((n_examples, n_best), -np.inf, np.float32),
                          null_score=null_score)
-    out.window[ex, rk] = flat_window[src]
-    out.start_token[ex, rk] = start.ravel()[src]
-    out.end_token[ex, rk] = end.ravel()[src]
-    out.score[ex, rk] = flat_score[src]
+    kk = min(k, n_best)
+    alone = np.bincount(example_index, minlength=n_examples)[example_index] == 1
+    w1 = np.nonzero(alone)[0]  # most examples have one window: its top-k is the example's
+    ex1 = example_index[w1]
+    out.window[ex1, :kk] = w1[:, None]
+    out.start_token[ex1, :kk], out.end_token[ex1, :kk] = start[w1, :kk], end[w1, :kk]
+    out.score[ex1, :kk] = score[w1, :kk]
+    wm = np.nonzero(~alone)[0]
+    if len(wm):
+        flat_score = score[wm].ravel()
+        flat_example = np.repeat(example_index[wm], k)
+        flat_window = np.repeat(wm, k)
+        order = np.lexsort((-flat_score, flat_example))  # by example, best first (stable: earlier window wins ties)
+        ex_sorted = flat_example[order]
+        rank = np.arange(len(order)) - np.searchsorted(ex_sorted, ex_sorted, side="left")
+        keep = rank < n_best
+        ex, rk, src = ex_sorted[keep], rank[keep], order[keep]
+        out.window[ex, rk] = flat_window[src]
+        out.start_token[ex, rk] = start[wm].ravel()[src]
+        out.end_token[ex, rk] = end[wm].ravel()[src]
+        out.score[ex, rk] = flat_score[src]
     return out
 
 
@@ -141,24 +213,20 @@ def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarr
                       windows.max_context if settings.use_max_context else None,
                       windows.example_index, windows.cls_index, len(examples),
                       settings.n_best, settings.max_answer_length)
-    return [_prediction(e, i, cand, windows.offsets, settings) for i, e in enumerate(examples)]
-
-
-def _prediction(example: Example, i: int, cand: SpanCandidates, offsets: np.ndarray,
-                settings: DecodeSettings) -> Prediction:
-    scores = cand.score[i]
-    n = int(np.isfinite(scores).sum())
-    null = float(cand.null_score[i])
-    logits = scores[:n].astype(np.float64)
-    pool = np.append(logits, null) if settings.version_2 and np.isfinite(null) else logits
-    probs = np.exp(pool - pool.max()) / np.exp(pool - pool.max()).sum() if len(pool) else pool
-    answers = []
-    for j in range(n):
-        w, st, en = cand.window[i, j], cand.start_token[i, j], cand.end_token[i, j]
-        c0, c1 = int(offsets[w, st, 0]), int(offsets[w, en, 1])
-        answers.append(Answer(example.context[c0:c1], c0, c1, float(probs[j]), float(logits[j])))
-    best = float(logits[0]) if n else -np.inf
-    odds = null - best if np.isfinite(null) else -np.inf
-    no_answer = settings.version_2 and (n == 0 or odds > settings.null_threshold)
-    null_prob = float(probs[-1]) if settings.version_2 and len(pool) > n else 0.0
-    return Prediction(example.id, answers, null, float(odds), no_answer, null_prob)
+    count = np.isfinite(cand.score).sum(axis=1)
+    logit = cand.score.astype(np.float64)
+    null = cand.null_score.astype(np.float64)
+    # probabilities: softmax over the n-best (and the null answer for v2), as HF does
+    pool = np.concatenate([logit, null[:, None]], axis=1) if settings.version_2 else logit
+    finite = np.isfinite(pool)
+    top = np.max(np.where(finite, pool, -np.inf), axis=1, keepdims=True)
+    weights = np.where(finite, np.exp(pool - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    probability = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
+    offsets = np.asarray(windows.offsets)
+    null_odds = np.where(count > 0, null - logit[:, 0], -np.inf)
+    spans = _Spans(char_start=offsets[cand.window, cand.start_token, 0],
+                   char_end=offsets[cand.window, cand.end_token, 1], logit=logit,
+                   probability=probability[:, :logit.shape[1]], count=count, null_score=null, null_odds=null_odds,
+                   null_probability=probability[:, -1] if settings.version_2 else np.zeros(len(examples)))
+    no_answer = settings.version_2 & ((count == 0) | (null_odds > settings.null_threshold))
+    return [Prediction(e.id, e.context, i, spans, bool(no_answer[i])) for i, e in enumerate(examples)]
