@@ -1,0 +1,74 @@
+"""Training throughput on CPU: spanqa's loop vs an HF Trainer with run_qa.py's defaults, same data.
+
+Both fine-tune the packaged MiniLM on the first 4,000 train-v1.1 questions for `--steps` steps of
+batch 16. The peer pads every window to 384 (run_qa's `pad_to_max_length=True`); spanqa cuts
+length-grouped batches to their longest window (recipe cpu-fast: length 256, stride 64).
+The EM/F1 of the full cpu-fast recipe comes from `spanqa quickstart` (see BENCHMARKS.md).
+
+    python bench/train_cpu.py [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import SQUAD, save_result
+
+QUESTIONS, BATCH = 4000, 16
+
+
+def hf_trainer(steps: int, tmp: Path) -> float:
+    import datasets
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from preprocess import prepare_train_features_factory
+    from spanqa.data import load_dataset, write_jsonl
+    from spanqa.models import load_qa_model, load_tokenizer
+
+    datasets.disable_progress_bars()
+    write_jsonl(load_dataset(SQUAD / "train-v1.1.reconstructed.json.gz").examples[:QUESTIONS], tmp / "t.jsonl")
+    tokenizer = load_tokenizer(None)
+    raw = datasets.load_dataset("json", data_files=str(tmp / "t.jsonl"), split="train", cache_dir=str(tmp / "hf"))
+    features = raw.map(prepare_train_features_factory(tokenizer), batched=True, remove_columns=raw.column_names)
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(tmp / "hf_out"), per_device_train_batch_size=BATCH, max_steps=steps,
+                             learning_rate=1e-4, report_to=[], save_strategy="no", logging_steps=steps,
+                             dataloader_num_workers=0, disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=load_qa_model(None), args=args, train_dataset=features, data_collator=default_data_collator)
+    t0 = time.perf_counter()
+    trainer.train()
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def ours(steps: int, tmp: Path) -> float:
+    import json
+
+    from spanqa.config import build_config
+    from spanqa.train import train
+
+    cfg = build_config("cpu-fast", None, output_dir=str(tmp / "ours"), max_steps=steps, max_eval_samples=50,
+                       save_steps=0, log_steps=steps)
+    train(cfg)
+    history = json.loads((tmp / "ours" / "history.json").read_text())
+    return [h for h in history if "windows_per_s" in h][-1]["windows_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_rate = ours(args.steps, Path(tmp))
+        hf_rate = hf_trainer(args.steps, Path(tmp))
+    result = {"steps": args.steps, "batch": BATCH, "ours_windows_per_s": ours_rate,
+              "hf_trainer_windows_per_s": hf_rate, "speedup": ours_rate / hf_rate}
+    print(result)
+    save_result("train_cpu", result)
+
+
+if __name__ == "__main__":
+    main()
