@@ -161,8 +161,9 @@ def _print_summary(output_dir: str, metrics: dict) -> None:
                         "start_accuracy", "end_accuracy") if k in metrics]
     print("  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
     print(f"reader written to {output_dir}\n"
-          f"  ask:   spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
-          f"  serve: spanqa serve {output_dir}")
+          f"  ask:      spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
+          f"  evaluate: spanqa evaluate {output_dir} DATA.json\n"
+          f"  python:   from spanqa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
 
 
 @app.command("evaluate")
