@@ -131,7 +131,7 @@ def train_cmd(
     max_seq_length: Optional[int] = None, doc_stride: Optional[int] = None, max_query_length: Optional[int] = None,
     seed: Optional[int] = None,
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
-    save_steps: Optional[int] = None, eval_steps: Optional[int] = None,
+    save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
