@@ -38,13 +38,17 @@ def calibrate_threshold(examples: Sequence[Example], predictions: Sequence[Predi
     return threshold, {"null_threshold": threshold, "calibrated": at}
 
 
+def nbest_json(predictions: Sequence[Prediction]) -> dict:
+    """{id: [{text, start, end, probability, logit}, ...]} for the n-best files."""
+    return {p.id: [{"text": a.text, "start": a.start, "end": a.end, "probability": a.score, "logit": a.logit}
+                   for a in p.answers] for p in predictions}
+
+
 def write_predictions(folder: str | Path, predictions: Sequence[Prediction], version_2: bool) -> None:
     """predictions.json (official format), nbest_predictions.json, and null_odds.json for v2."""
     folder = Path(folder)
     atomic_write_json(folder / "predictions.json", {p.id: p.text for p in predictions})
-    atomic_write_json(folder / "nbest_predictions.json", {
-        p.id: [{"text": a.text, "start": a.start, "end": a.end, "probability": a.score, "logit": a.logit}
-               for a in p.answers] for p in predictions})
+    atomic_write_json(folder / "nbest_predictions.json", nbest_json(predictions))
     if version_2:
         atomic_write_json(folder / "null_odds.json", {p.id: p.null_odds for p in predictions})
 
@@ -98,8 +102,6 @@ def predict_dataset(model: str, data: str, out: str | Path, batch_size: int = 64
     out = Path(out)
     atomic_write_json(out, {p.id: p.text for p in preds})
     stem = out.with_suffix("")
-    atomic_write_json(stem.with_name(stem.name + "_nbest.json"), {
-        p.id: [{"text": a.text, "start": a.start, "end": a.end, "probability": a.score} for a in p.answers]
-        for p in preds})
+    atomic_write_json(stem.with_name(stem.name + "_nbest.json"), nbest_json(preds))
     atomic_write_json(stem.with_name(stem.name + "_null_odds.json"), {p.id: p.null_odds for p in preds})
     return len(preds)

@@ -147,8 +147,7 @@ def score(dataset_json: dict, predictions: Mapping[str, str], na_probs: Mapping[
     data = dataset_json["data"]
     if version_2 is None:
         version_2 = str(dataset_json.get("version", "")).lstrip("v").startswith("2") or is_version_2(data)
-    v2 = version_2
-    return squad_v2(data, predictions, na_probs, na_prob_thresh) if v2 else squad_v1(data, predictions)
+    return squad_v2(data, predictions, na_probs, na_prob_thresh) if version_2 else squad_v1(data, predictions)
 
 
 def token_accuracy(start_logits: np.ndarray, end_logits: np.ndarray,

@@ -53,11 +53,6 @@ class Windows:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def select(self, index: np.ndarray | slice) -> "Windows":
-        """A subset of the windows (copied into memory)."""
-        return Windows(**{f.name: None if getattr(self, f.name) is None else
-                          np.ascontiguousarray(getattr(self, f.name)[index]) for f in fields(self)})
-
     @staticmethod
     def concat(parts: Sequence["Windows"]) -> "Windows":
         return Windows(**{f.name: None if getattr(parts[0], f.name) is None else
