@@ -226,6 +226,69 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             print(f"{a.text}\t(score {a.score:.3f}, characters {a.start}-{a.end})")
 
 
+@app.command("chat")
+def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+             context_file: Optional[Path] = typer.Option(None, help="Start with the passage in this file"),
+             top_k: int = typer.Option(1, help="Answers per question")) -> None:
+    """Ask many questions about a passage; :load FILE switches passage, :quit leaves."""
+    from .chat import chat
+    from .reader import Reader
+
+    context = ""
+    if context_file is not None:
+        if not context_file.is_file():
+            _fail(f"{context_file}: no such file")
+        context = context_file.read_text(encoding="utf-8")
+    out = Console(soft_wrap=True)
+    chat(Reader.load(model), _input_lines(out), out, context, top_k=top_k)
+
+
+def _input_lines(out: Console):
+    """Lines typed by the user (a prompt on a terminal) or piped in, until end of input."""
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = out.input("[bold]?[/] ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        yield line
+
+
+@app.command("serve")
+def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONNX folder or QA model id"),
+              host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)"),
+              port: int = typer.Option(8000),
+              max_body_bytes: int = typer.Option(2_000_000, help="Larger request bodies get 413"),
+              max_context_chars: int = typer.Option(100_000, help="Longer contexts get 422"),
+              max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
+              timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
+              precision: str = typer.Option("fp32", help="fp32 or bf16 (torch models)")) -> None:
+    """HTTP API (POST /v1/answer, GET /health, docs at /docs) and a web page at /."""
+    from .reader import Reader
+    from .server import ServerLimits, serve
+
+    limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
+                          max_batch_items=max_batch_items, timeout_s=timeout)
+    serve(Reader.load(model, precision=precision), host, port, limits)
+
+
+@app.command("export")
+def export_cmd(model: str = typer.Argument(..., help="Reader folder or QA model id"),
+               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-onnx or MODEL-int8)"),
+               onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX Runtime (the one format for now)"),
+               int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the weights")) -> None:
+    """An ONNX Runtime copy of a reader that `Reader.load`, ask, chat and serve run transparently."""
+    from .export import export_onnx
+
+    if not onnx:
+        _fail("say which format: --onnx (the one supported now)")
+    target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
+    path = export_onnx(model, target, int8=int8)
+    print(f"wrote {path}; try: spanqa ask {path} -q QUESTION -c TEXT")
+
+
 @app.command("quickstart")
 def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the reader goes"),
                recipe: Optional[str] = typer.Option(None, help="Default: cpu-fast on CPU, full on a GPU")) -> None:

@@ -12,10 +12,12 @@ import torch
 
 from .data import Example
 from .decode import Answer, DecodeSettings, Prediction, decode
+from .export import OnnxQAModel, is_onnx_folder
 from .models import load_qa_model, load_tokenizer, resolve_model
 from .windows import Windows, WindowSettings, build_windows, check_settings
 
 SETTINGS_FILE = "spanqa.json"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def default_device() -> torch.device:
@@ -84,9 +86,13 @@ class Reader:
     """
 
     def __init__(self, model, tokenizer, settings: ReaderSettings | None = None,
-                 device: torch.device | None = None, batch_size: int = 32, path: str = ""):
+                 device: torch.device | None = None, batch_size: int = 32, path: str = "",
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.settings = settings or ReaderSettings()
         self.device = device or default_device()
+        self.autocast_dtype = PRECISIONS[precision]
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -95,16 +101,20 @@ class Reader:
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, batch_size: int = 32,
-             trust_remote_code: bool = False) -> "Reader":
-        """A reader from a trained folder (with spanqa.json) or any extractive-QA model id/folder."""
+             trust_remote_code: bool = False, precision: str = "fp32") -> "Reader":
+        """A reader from a trained folder (with spanqa.json), an exported ONNX folder (`spanqa export`)
+        or any extractive-QA model id/folder. `precision` "bf16" autocasts torch models (CPU or GPU)."""
         path = resolve_model(path_or_id)
         settings = ReaderSettings.read(path) if Path(path).exists() else ReaderSettings()
-        model = load_qa_model(path, trust_remote_code=trust_remote_code)
+        if is_onnx_folder(path):
+            model, device = OnnxQAModel(path), "cpu"
+        else:
+            model = load_qa_model(path, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path)
+        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path, precision)
 
     def logits(self, windows: Windows, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return compute_logits(self.model, windows, self.batch_size, self.device, on_batch=on_batch)
+        return compute_logits(self.model, windows, self.batch_size, self.device, self.autocast_dtype, on_batch)
 
     def predict(self, examples: Sequence[Example], decoding: DecodeSettings | None = None,
                 on_batch: Callable[[int], None] | None = None) -> list[Prediction]:

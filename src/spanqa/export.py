@@ -1,0 +1,118 @@
+"""ONNX Runtime readers: export a QA model to ONNX (optionally int8) and run it behind `Reader`.
+
+An exported folder holds `model.onnx`, the tokenizer, `config.json` and `spanqa.json`;
+`Reader.load` sees `model.onnx` and runs it with ONNX Runtime instead of torch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import ModelError, load_qa_model, load_tokenizer, resolve_model
+
+ONNX_FILE = "model.onnx"
+OUTPUTS = ("start_logits", "end_logits")
+
+
+def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17) -> Path:
+    """Write an ONNX Runtime reader folder for `model` (a reader folder or QA model id)."""
+    from .reader import SETTINGS_FILE
+
+    source = resolve_model(model)
+    out = Path(out_dir)
+    tokenizer = load_tokenizer(source)
+    qa_model = load_qa_model(source).eval()
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+    sample = tokenizer(["Who wrote it?", "When?"], ["It was written by a person in a year.", "Now."],
+                       padding=True, return_tensors="pt")
+    args = tuple(sample[n] for n in names)
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        fp32 = Path(tmp) / ONNX_FILE
+        # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise.
+        torch.onnx.export(qa_model, args, str(fp32), input_names=names, output_names=list(OUTPUTS),
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in (*names, *OUTPUTS)},
+                          opset_version=opset, dynamo=False)
+        fused = _fuse_transformer_ops(fp32, qa_model.config)
+        staged = Path(tmp) / "reader"
+        staged.mkdir()
+        if int8:
+            from onnx import TensorProto
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # fused ops come from ONNX Runtime's own domain, where shape inference cannot type them
+            quantize_dynamic(str(fused), str(staged / ONNX_FILE), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        else:
+            shutil.copy(fused, staged / ONNX_FILE)
+        tokenizer.save_pretrained(staged)
+        qa_model.config.save_pretrained(staged)
+        if (Path(source) / SETTINGS_FILE).exists():
+            shutil.copy(Path(source) / SETTINGS_FILE, staged / SETTINGS_FILE)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)  # the folder appears complete or not at all
+    return out
+
+
+def _fuse_transformer_ops(path: Path, config) -> Path:
+    """ONNX Runtime's offline transformer fusions (attention, LayerNorm, GELU); unchanged if unsupported."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "mpnet": "bert"}.get(config.model_type)
+    if model_type is None:
+        return path
+    optimized = optimize_model(str(path), model_type=model_type, num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, opt_level=1)
+    fused = path.with_name("fused.onnx")
+    optimized.save_model_to_file(str(fused))
+    return fused
+
+
+class OnnxQAModel:
+    """The slice of a transformers QA model's interface that `compute_logits` uses, on ONNX Runtime (CPU)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+        from transformers import AutoConfig
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or _physical_cores()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {Path(folder) / ONNX_FILE}: {e}") from None
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.config = AutoConfig.from_pretrained(folder)
+
+    def __call__(self, **inputs: torch.Tensor):
+        from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+        feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
+        start, end = self.session.run(list(OUTPUTS), feeds)
+        return QuestionAnsweringModelOutput(start_logits=torch.from_numpy(start), end_logits=torch.from_numpy(end))
+
+    def eval(self) -> "OnnxQAModel":
+        return self
+
+    def to(self, device: torch.device) -> "OnnxQAModel":
+        if torch.device(device).type != "cpu":
+            raise ModelError("ONNX readers run on CPU; load the torch reader folder for a GPU")
+        return self
+
+
+def is_onnx_folder(path: str | Path) -> bool:
+    return (Path(path) / ONNX_FILE).exists()
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -1,0 +1,228 @@
+"""HTTP server: `/v1/answer` (and `/v1/ask` over an index) with micro-batching, limits and a web page.
+
+Concurrent requests are gathered by `MicroBatcher` into one reader pass (one thread runs the
+model, the event loop stays free). Limits: body size (413), context length, items per batch and
+top_k (422), time per request (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from .decode import Answer
+from .reader import Reader
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_body_bytes: int = 2_000_000
+    max_context_chars: int = 100_000
+    max_question_chars: int = 1_000
+    max_batch_items: int = 64
+    max_top_k: int = 20
+    timeout_s: float = 30.0
+
+
+class AnswerRequest(BaseModel):
+    question: str = Field(min_length=1, description="The question")
+    context: str = Field(min_length=1, description="The passage to find the answer in")
+    top_k: int = Field(1, ge=1, description="How many answers")
+
+
+class AskRequest(BaseModel):
+    question: str = Field(min_length=1)
+    top_k: int = Field(1, ge=1, description="How many answers")
+    passages: int = Field(5, ge=1, le=50, description="How many passages to retrieve and read")
+    mode: str = Field("hybrid", pattern="^(bm25|dense|hybrid)$")
+
+
+class AnswerOut(BaseModel):
+    text: str
+    score: float = Field(description="Probability; for the no-answer result, the no-answer probability")
+    start: int = Field(description="Character offset into the context (-1 for no answer)")
+    end: int
+
+
+class AnswersOut(BaseModel):
+    answers: list[AnswerOut]
+
+
+def _answer_out(a: Answer) -> dict:
+    return {"text": a.text, "score": a.score, "start": a.start, "end": a.end}
+
+
+class MicroBatcher:
+    """Answers (question, context) pairs of concurrent requests in shared batches.
+
+    Requests queue up; a worker takes what has arrived within `max_wait_s` of the first one (up to
+    `max_items` pairs) and runs the reader once for all of them in a worker thread.
+    """
+
+    def __init__(self, answer_many: Callable[[list[tuple[str, str]], int], list[list[Answer]]],
+                 max_items: int = 64, max_wait_s: float = 0.005):
+        self.answer_many, self.max_items, self.max_wait_s = answer_many, max_items, max_wait_s
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.worker:
+            self.worker.cancel()
+
+    async def submit(self, pairs: list[tuple[str, str]], top_k: int) -> list[list[Answer]]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((pairs, top_k, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self.queue.get()]
+            deadline = time.monotonic() + self.max_wait_s
+            while sum(len(j[0]) for j in jobs) < self.max_items:
+                left = deadline - time.monotonic()
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), left) if left > 0 else self.queue.get_nowait())
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+            jobs = [j for j in jobs if not j[2].cancelled()]
+            if jobs:
+                await self._answer(jobs)
+
+    async def _answer(self, jobs: list) -> None:
+        pairs = [p for j in jobs for p in j[0]]
+        try:
+            answers = await asyncio.to_thread(self.answer_many, pairs, max(j[1] for j in jobs))
+        except Exception as e:  # the error belongs to the requests, not to the worker
+            for _, _, future in jobs:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        at = 0
+        for job_pairs, top_k, future in jobs:
+            if not future.done():
+                future.set_result([a[:top_k] for a in answers[at:at + len(job_pairs)]])
+            at += len(job_pairs)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for request bodies over `max_bytes` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if int(declared) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:  # no length given (chunked): read up to the limit, then replay it to the app
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=None) -> FastAPI:
+    """The FastAPI app serving `reader` (and `retriever`, a `spanqa.index.Retriever`, for /v1/ask)."""
+    batcher = MicroBatcher(reader.answer_many, max_items=limits.max_batch_items)
+
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="spanqa", version="0.1.0", lifespan=lifespan,
+                  description="Extractive question answering: the span of the context that answers the question.")
+
+    def check(item: AnswerRequest) -> None:
+        if len(item.context) > limits.max_context_chars:
+            raise HTTPException(422, f"context has {len(item.context)} characters; at most "
+                                     f"{limits.max_context_chars} are accepted")
+        if len(item.question) > limits.max_question_chars:
+            raise HTTPException(422, f"question has {len(item.question)} characters; at most "
+                                     f"{limits.max_question_chars} are accepted")
+        if item.top_k > limits.max_top_k:
+            raise HTTPException(422, f"top_k is {item.top_k}; at most {limits.max_top_k}")
+
+    async def in_time(coro):
+        try:
+            return await asyncio.wait_for(coro, limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the answer took longer than {limits.timeout_s:g} s") from None
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": reader.path, "backend": type(reader.model).__name__,
+                "version_2": reader.settings.decoding.version_2, "index": retriever.describe() if retriever else None}
+
+    @app.post("/v1/answer", response_model=AnswersOut | list[AnswersOut])
+    async def answer(request: AnswerRequest | list[AnswerRequest]):
+        """Answer one {question, context, top_k} item, or a list of them (a list of results back)."""
+        items = request if isinstance(request, list) else [request]
+        if not items:
+            raise HTTPException(422, "the batch is empty")
+        if len(items) > limits.max_batch_items:
+            raise HTTPException(422, f"{len(items)} items in one request; at most {limits.max_batch_items}")
+        for item in items:
+            check(item)
+        results = await in_time(asyncio.gather(*(
+            batcher.submit([(item.question, item.context)], item.top_k) for item in items)))
+        out = [{"answers": [_answer_out(a) for a in r[0]]} for r in results]
+        return out if isinstance(request, list) else out[0]
+
+    @app.post("/v1/ask")
+    async def ask(request: AskRequest):
+        """Retrieve passages from the loaded index, read them, and answer with sources."""
+        if retriever is None:
+            raise HTTPException(400, "no index is loaded: start the server with --index INDEX_DIR")
+        if request.top_k > limits.max_top_k:
+            raise HTTPException(422, f"top_k is {request.top_k}; at most {limits.max_top_k}")
+        from .collection import ask_collection
+
+        answers = await in_time(asyncio.to_thread(ask_collection, reader, retriever, request.question,
+                                                  request.top_k, request.passages, request.mode))
+        return {"answers": [a.to_dict() for a in answers]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return (resources.files("spanqa") / "static" / "index.html").read_text(encoding="utf-8")
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    return app
+
+
+def serve(reader: Reader, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
+          retriever=None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(reader, limits, retriever), host=host, port=port, log_level="info")

@@ -1,0 +1,30 @@
+"""ONNX export: the exported reader gives the torch reader's logits; int8 still answers with valid spans."""
+
+import numpy as np
+
+from spanqa.export import OnnxQAModel, export_onnx
+from spanqa.reader import Reader
+from spanqa.windows import build_windows
+from spanqa.data import Example
+from test_reader import reader_folder
+
+PAIRS = [("Who designed it?", "It was designed by Gustave Eiffel in Paris."),
+         ("When?", " ".join(f"Sentence {i} fills the passage." for i in range(60)) + " It ended in 1990.")]
+
+
+def test_onnx_reader_matches_torch_and_int8_answers(tiny_model, tmp_path):
+    folder = reader_folder(tiny_model, tmp_path)
+    torch_reader = Reader.load(folder)
+    onnx_reader = Reader.load(str(export_onnx(folder, tmp_path / "onnx")))
+    assert isinstance(onnx_reader.model, OnnxQAModel)
+    examples = [Example(str(i), q, c) for i, (q, c) in enumerate(PAIRS)]
+    windows = build_windows(examples, torch_reader.tokenizer, torch_reader.settings.windows)
+    assert len(windows) > 2  # the long passage needs several windows (various lengths in one batch)
+    for a, b in zip(torch_reader.logits(windows), onnx_reader.logits(windows)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert onnx_reader.settings == torch_reader.settings  # spanqa.json travels with the export
+
+    int8 = Reader.load(str(export_onnx(folder, tmp_path / "int8", int8=True)))
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < (tmp_path / "onnx" / "model.onnx").stat().st_size
+    for (question, context), answers in zip(PAIRS, int8.answer_many(PAIRS, top_k=2)):
+        assert answers and all(context[a.start:a.end] == a.text for a in answers)

@@ -1,0 +1,167 @@
+"""HTTP server: answers, batches, limits, micro-batching; a real uvicorn process; the web page in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from spanqa.reader import Reader
+from spanqa.server import MicroBatcher, ServerLimits, create_app
+from test_reader import reader_folder
+
+CONTEXT = "The tower was finished in 1889. It was designed by Gustave Eiffel. It is 330 metres tall."
+
+
+@pytest.fixture
+def reader(tiny_model, tmp_path) -> Reader:
+    return Reader.load(reader_folder(tiny_model, tmp_path))
+
+
+def client(reader: Reader, **limits) -> TestClient:
+    return TestClient(create_app(reader, ServerLimits(**limits)))
+
+
+def test_answer_single_and_batch(reader):
+    with client(reader) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        one = c.post("/v1/answer", json={"question": "Who designed it?", "context": CONTEXT, "top_k": 3})
+        assert one.status_code == 200
+        answers = one.json()["answers"]
+        assert 1 <= len(answers) <= 3
+        for a in answers:
+            assert CONTEXT[a["start"]:a["end"]] == a["text"] and 0 <= a["score"] <= 1
+        expected = reader.answer("Who designed it?", CONTEXT, top_k=3)
+        assert [(a["start"], a["end"]) for a in answers] == [(a.start, a.end) for a in expected]
+        batch = c.post("/v1/answer", json=[{"question": "Who?", "context": CONTEXT},
+                                           {"question": "When?", "context": "It ended in 1990."}])
+        assert batch.status_code == 200 and len(batch.json()) == 2
+        assert all(len(r["answers"]) == 1 for r in batch.json())
+        assert "<textarea" in c.get("/").text
+        assert c.get("/openapi.json").json()["paths"]["/v1/answer"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"question": "Who?", "context": "x" * 501}, 422, "at most 500"),
+    ({"question": "Who?", "context": CONTEXT, "top_k": 50}, 422, "top_k"),
+    ({"question": "", "context": CONTEXT}, 422, "question"),
+    ({"context": CONTEXT}, 422, "question"),
+    ([{"question": "Who?", "context": CONTEXT}] * 5, 422, "at most 4"),
+    ([], 422, "empty"),
+])
+def test_bad_requests_are_rejected_with_a_message(reader, body, status, message):
+    with client(reader, max_context_chars=500, max_batch_items=4) as c:
+        response = c.post("/v1/answer", json=body)
+    assert response.status_code == status
+    assert message in str(response.json()["detail"])
+
+
+def test_malformed_json_oversized_body_and_timeout(reader):
+    with client(reader, max_body_bytes=1000) as c:
+        bad = c.post("/v1/answer", content=b'{"question": "Who?", "context": ', headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and "json" in str(bad.json()["detail"]).lower()
+        big = c.post("/v1/answer", json={"question": "Who?", "context": "x" * 5000})
+        assert big.status_code == 413
+        chunked = c.post("/v1/answer", content=iter([b'{"question": "Who?", ', b'"context": "' + b"x" * 5000 + b'"}']),
+                         headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+    with client(reader, timeout_s=1e-6) as c:
+        slow = c.post("/v1/answer", json={"question": "Who?", "context": CONTEXT})
+        assert slow.status_code == 504
+    with client(reader) as c:
+        assert c.post("/v1/ask", json={"question": "Who?"}).status_code == 400
+
+
+def test_concurrent_requests_share_batches(reader):
+    calls = []
+
+    def answer_many(pairs, top_k):
+        calls.append(len(pairs))
+        return reader.answer_many(pairs, top_k)
+
+    async def run():
+        batcher = MicroBatcher(answer_many, max_items=64, max_wait_s=0.05)
+        batcher.start()
+        questions = [f"Question number {i}?" for i in range(12)]
+        results = await asyncio.gather(*(batcher.submit([(q, CONTEXT)], 2) for q in questions))
+        await batcher.stop()
+        return questions, results
+
+    questions, results = asyncio.run(run())
+    assert sum(calls) == 12 and len(calls) < 12  # gathered into shared passes
+    alone = reader.answer_many([(q, CONTEXT) for q in questions], 2)
+    assert [[(a.start, a.end) for a in r[0]] for r in results] == [[(a.start, a.end) for a in r] for r in alone]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model, tmp_path_factory):
+    folder = reader_folder(tiny_model, tmp_path_factory.mktemp("served"))
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "spanqa", "serve", folder, "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if process.poll() is not None:
+            pytest.fail("server exited: " + process.stdout.read())
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def test_real_uvicorn_process(live_server):
+    response = httpx.post(live_server + "/v1/answer", json={"question": "When?", "context": CONTEXT})
+    assert response.status_code == 200
+    a = response.json()["answers"][0]
+    assert CONTEXT[a["start"]:a["end"]] == a["text"]
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (test.sh installs them as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_web_page_highlights_the_answer_in_chromium(live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = httpx.post(live_server + "/v1/answer", json={"question": "Who designed it?", "context": CONTEXT})
+    expected = expected.json()["answers"][0]
+    browser = _chromium()
+    try:
+        browser.get(live_server + "/")
+        browser.find_element(By.ID, "context").send_keys(CONTEXT)
+        browser.find_element(By.ID, "question").send_keys("Who designed it?")
+        browser.find_element(By.ID, "ask").click()
+        mark = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results mark"))[0]
+        assert mark.text == expected["text"].strip()
+        assert browser.find_element(By.CSS_SELECTOR, ".answer-text").text == expected["text"].strip()
+    finally:
+        browser.quit()
