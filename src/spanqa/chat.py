@@ -61,7 +61,10 @@ def chat(reader: Reader, lines: Iterator[str], console: Console, context: str = 
         elif command == ":show":
             console.print(escape(context) if context else "(no passage yet)")
         elif ask_collection is not None:
-            for a in ask_collection(line):
+            answers = ask_collection(line)
+            if not answers:
+                console.print("(no answer in the collection)")
+            for a in answers:
                 console.print(f"{highlight(a.passage, a.passage_start, a.passage_end)}\n"
                               f"  [dim]score {a.score:.3f} · {escape(a.source())}[/]")
         elif not context.strip():

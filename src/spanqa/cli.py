@@ -202,19 +202,34 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             question: str = typer.Option(..., "-q", "--question"),
             context: Optional[str] = typer.Option(None, "-c", "--context", help="The passage"),
             context_file: Optional[Path] = typer.Option(None, help="Read the passage from a file"),
+            index: Optional[Path] = typer.Option(None, help="Answer from this document index (spanqa index)"),
+            passages: int = typer.Option(5, help="With --index: passages to retrieve and read"),
+            mode: str = typer.Option("hybrid", help="With --index: bm25, dense or hybrid retrieval"),
             top_k: int = typer.Option(1, help="How many answers"),
             as_json: bool = typer.Option(False, "--json")) -> None:
-    """Answer one question about a passage."""
+    """Answer one question about a passage, or about a whole indexed collection."""
     from .reader import Reader
 
-    if (context is None) == (context_file is None):
-        _fail("give the passage with -c TEXT or --context-file FILE (one of them)")
+    if sum(x is not None for x in (context, context_file, index)) != 1:
+        _fail("give the passage with -c TEXT or --context-file FILE, or a collection with --index DIR (one of them)")
+    if not question.strip():
+        _fail("the question must not be empty")
+    if index is not None:
+        sourced = _ask_index(Reader.load(model), index, question, top_k, passages, mode)
+        if as_json:
+            print(json.dumps({"answers": [a.to_dict() for a in sourced]}, indent=2, ensure_ascii=False))
+            return
+        if not sourced:
+            print("(no answer)")
+        for a in sourced:
+            print(f"{a.text}\t(score {a.score:.3f}; {a.source()}, characters {a.passage_start}-{a.passage_end})")
+        return
     if context_file is not None:
         if not context_file.is_file():
             _fail(f"{context_file}: no such file")
         context = context_file.read_text(encoding="utf-8")
-    if not context.strip() or not question.strip():
-        _fail("the question and the passage must not be empty")
+    if not context.strip():
+        _fail("the passage must not be empty")
     answers = Reader.load(model).answer(question, context, top_k=top_k)
     if as_json:
         print(json.dumps({"answers": [vars(a) for a in answers]}, indent=2, ensure_ascii=False))
@@ -226,12 +241,78 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             print(f"{a.text}\t(score {a.score:.3f}, characters {a.start}-{a.end})")
 
 
+def _load_index(folder: Path):
+    from .index import CollectionError, Index
+
+    try:
+        return Index.load(folder)
+    except CollectionError as e:
+        _fail(str(e))
+
+
+def _ask_index(reader, folder: Path, question: str, top_k: int, passages: int, mode: str):
+    from .collection import ask_collection
+    from .index import MODES
+
+    if mode not in MODES:
+        _fail(f"--mode must be one of {', '.join(MODES)}")
+    return ask_collection(reader, _load_index(folder), question, top_k, passages, mode)
+
+
+@app.command("index")
+def index_cmd(docs: list[Path] = typer.Argument(..., help="Files or folders: .txt .md .json(.gz) .jsonl .pdf, SQuAD files"),
+              out: Path = typer.Option(..., "--out", help="Index folder"),
+              add: bool = typer.Option(False, "--add", help="Add the documents to the existing index at --out"),
+              field: str = typer.Option("text", help="Text field of .json/.jsonl records"),
+              passage_words: int = typer.Option(200, help="Longest passage, in words"),
+              overlap_words: int = typer.Option(50, help="Overlap of the pieces of a long paragraph, in words"),
+              embedding_model: str = typer.Option("all-MiniLM-L6-v2", help="Sentence-embedding model for dense search")) -> None:
+    """Split documents into passages and index them for bm25, dense and hybrid search."""
+    from .index import CollectionError, Embedder, Index, PassageSettings
+
+    try:
+        base = Index.load(out) if add and out.exists() else None
+        embedder = Embedder(embedding_model) if base is None or embedding_model != "all-MiniLM-L6-v2" else None
+        index, notes = Index.build(docs, PassageSettings(passage_words, overlap_words), embedder, field, base,
+                                   show_progress=True)
+    except CollectionError as e:
+        _fail(str(e))
+    for note in notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False)
+    index.save(out)
+    print(f"{out}: {index.meta['documents']} documents, {len(index.passages)} passages "
+          f"(embeddings: {index.meta['embedding_model']})")
+
+
+@app.command("search")
+def search_cmd(index: Path = typer.Argument(..., help="Index folder"),
+               query: str = typer.Option(..., "-q", "--query"),
+               k: int = typer.Option(5, "-k", help="How many passages"),
+               mode: str = typer.Option("hybrid", help="bm25, dense or hybrid"),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """The passages of an index that best match a query, with scores and sources."""
+    from .index import MODES
+
+    if mode not in MODES:
+        _fail(f"--mode must be one of {', '.join(MODES)}")
+    hits = _load_index(index).search(query, k, mode)
+    if as_json:
+        print(json.dumps([{"score": h.score, **vars(h.passage)} for h in hits], indent=2, ensure_ascii=False))
+        return
+    out = Console(soft_wrap=True, highlight=False)
+    for h in hits:
+        p = h.passage
+        out.print(f"[bold]{h.rank + 1}. {p.title or p.doc_id}[/] ({p.path}, passage {p.passage_id}) score {h.score:.4f}")
+        out.print("   " + (p.text if len(p.text) <= 300 else p.text[:300] + "…"), markup=False)
+
 @app.command("chat")
 def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
              context_file: Optional[Path] = typer.Option(None, help="Start with the passage in this file"),
+             index: Optional[Path] = typer.Option(None, help="Ask a document index (spanqa index) instead"),
              top_k: int = typer.Option(1, help="Answers per question")) -> None:
-    """Ask many questions about a passage; :load FILE switches passage, :quit leaves."""
+    """Ask many questions about a passage (or a collection); :load FILE switches passage, :quit leaves."""
     from .chat import chat
+    from .collection import ask_collection
     from .reader import Reader
 
     context = ""
@@ -240,7 +321,12 @@ def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-
             _fail(f"{context_file}: no such file")
         context = context_file.read_text(encoding="utf-8")
     out = Console(soft_wrap=True)
-    chat(Reader.load(model), _input_lines(out), out, context, top_k=top_k)
+    reader = Reader.load(model)
+    collection = None
+    if index is not None:
+        loaded = _load_index(index)
+        collection = lambda question: ask_collection(reader, loaded, question, top_k)  # noqa: E731
+    chat(reader, _input_lines(out), out, context, collection, top_k)
 
 
 def _input_lines(out: Console):
@@ -264,14 +350,15 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONN
               max_context_chars: int = typer.Option(100_000, help="Longer contexts get 422"),
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
               timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
-              precision: str = typer.Option("fp32", help="fp32 or bf16 (torch models)")) -> None:
-    """HTTP API (POST /v1/answer, GET /health, docs at /docs) and a web page at /."""
+              precision: str = typer.Option("fp32", help="fp32 or bf16 (torch models)"),
+              index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index")) -> None:
+    """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /."""
     from .reader import Reader
     from .server import ServerLimits, serve
 
     limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                           max_batch_items=max_batch_items, timeout_s=timeout)
-    serve(Reader.load(model, precision=precision), host, port, limits)
+    serve(Reader.load(model, precision=precision), host, port, limits, _load_index(index) if index else None)
 
 
 @app.command("export")

@@ -53,6 +53,19 @@ def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
 def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, dtype=None):
     """An `AutoModelForQuestionAnswering` from safetensors weights only."""
     from transformers import AutoModelForQuestionAnswering
+
+    return _load(AutoModelForQuestionAnswering, name_or_path, "question-answering model", trust_remote_code,
+                 **({"dtype": dtype} if dtype is not None else {}))
+
+
+def load_encoder(name_or_path: str | None, trust_remote_code: bool = False):
+    """The bare encoder (`AutoModel`), e.g. for sentence embeddings; safetensors weights only."""
+    from transformers import AutoModel
+
+    return _load(AutoModel, name_or_path, "model", trust_remote_code)
+
+
+def _load(auto_class, name_or_path: str | None, what: str, trust_remote_code: bool, **kwargs):
     from transformers.utils import logging as hf_logging
 
     path = resolve_model(name_or_path)
@@ -60,10 +73,8 @@ def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, dty
     hf_logging.set_verbosity_error()  # a fresh QA head on an encoder is expected, not a warning
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForQuestionAnswering.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code,
-            **({"dtype": dtype} if dtype is not None else {}))
+        return auto_class.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a question-answering model from {path!r}: {e}") from None
+        raise ModelError(f"cannot load a {what} from {path!r}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -141,6 +141,12 @@ class Reader:
         """The `top_k` best answers to `question` in `context` (see `answer_many`)."""
         return self.answer_many([(question, context)], top_k)[0]
 
+    def ask(self, question: str, index, top_k: int = 1, passages: int = 5, mode: str = "hybrid") -> list:
+        """Answers from a document collection (`spanqa.index.Index`), with their sources."""
+        from .collection import ask_collection
+
+        return ask_collection(self, index, question, top_k, passages, mode)
+
 
 def _top_answers(p: Prediction, top_k: int) -> list[Answer]:
     if p.no_answer:
