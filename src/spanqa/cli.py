@@ -134,6 +134,8 @@ def train_cmd(
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
+    negatives: Optional[int] = typer.Option(None, help="Add N retrieved wrong passages per question as unanswerable "
+                                                       "examples: a reader for document collections (implies --version-2)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
     """Fine-tune an encoder into an extractive QA reader and score it on dev."""

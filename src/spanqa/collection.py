@@ -1,9 +1,11 @@
 """Retrieve, then read: answers from a document collection, with their sources.
 
 The retrieved passages of all questions are read in one batched pass with the shared decoder.
-Answers are ranked across passages by their span logit (start + end logit): unlike a softmax
-within one passage, raw logits of the same model are on one scale for all passages. The reported
-score is a softmax over all candidate spans of the question, so it is comparable too.
+Answers are ranked across passages by span logit minus the passage's no-answer logit: a reader
+trained with retrieved wrong passages as unanswerable examples (`spanqa train --negatives N`,
+after Clark & Gardner 2018) learns to put that no-answer score high on passages that do not hold
+the answer, which puts all passages on one scale; a softmax within each passage would not. The
+reported score is a softmax over all candidate spans of the question, so it is comparable too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .data import Example
-from .index import Index
+from .index import Index, bm25_index, bm25_retrieve
 from .metrics import normalize_answer
 from .reader import Reader
 
@@ -42,13 +44,14 @@ class SourcedAnswer:
 
 
 def ask_collection(reader: Reader, index: Index, question: str, top_k: int = 1, passages: int = 5,
-                   mode: str = "hybrid") -> list[SourcedAnswer]:
-    """The `top_k` best answers to `question` from the `passages` best passages of `index`."""
-    return ask_collection_many(reader, index, [question], top_k, passages, mode)[0]
+                   mode: str = "hybrid", allow_no_answer: bool = True) -> list[SourcedAnswer]:
+    """The `top_k` best answers to `question` from the `passages` best passages of `index`;
+    [] when a v2 reader says no passage holds an answer (unless `allow_no_answer` is False)."""
+    return ask_collection_many(reader, index, [question], top_k, passages, mode, allow_no_answer)[0]
 
 
 def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], top_k: int = 1, passages: int = 5,
-                        mode: str = "hybrid") -> list[list[SourcedAnswer]]:
+                        mode: str = "hybrid", allow_no_answer: bool = True) -> list[list[SourcedAnswer]]:
     """`ask_collection` for many questions: one retrieval call and one batched reading pass."""
     hits = index.search_many(questions, passages, mode)
     examples = [Example(f"{q}:{r}", question, hit.passage.text)
@@ -56,26 +59,41 @@ def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], 
     predictions = iter(reader.predict(examples))
     out = []
     for row in hits:
-        candidates = []
-        for hit in row:
-            prediction = next(predictions)
-            if prediction.no_answer:  # a v2 reader (or its calibrated threshold) says: not in this passage
-                continue
-            candidates += [(a, hit) for a in prediction.answers]
-        out.append(_best_distinct(candidates, top_k))
+        read = [(next(predictions), hit) for hit in row]
+        if allow_no_answer and read and all(p.no_answer for p, _ in read):
+            out.append([])  # a v2 reader (or its calibrated threshold) finds the answer in no passage
+            continue
+        out.append(_best_distinct([(a, p.null_score, hit) for p, hit in read for a in p.answers], top_k))
+    return out
+
+
+def hard_negatives(examples: Sequence[Example], per_question: int = 1) -> list[Example]:
+    """For each question, the best BM25 matches among the other contexts that do not contain any of its
+    answers, as unanswerable examples: what a reader of retrieved passages must learn to reject."""
+    contexts = list(dict.fromkeys(e.context for e in examples))
+    if len(contexts) < 2:
+        return []
+    ids, _ = bm25_retrieve(bm25_index(contexts), [e.question for e in examples], min(len(contexts), per_question + 5))
+    out = []
+    for e, row in zip(examples, ids):
+        wrong = [contexts[i] for i in row if contexts[i] != e.context
+                 and not any(t and t in contexts[i] for t in e.answer_texts)]
+        out += [Example(f"{e.id}-neg{k}", e.question, c, title=e.title, is_impossible=True)
+                for k, c in enumerate(wrong[:per_question])]
     return out
 
 
 def _best_distinct(candidates: list, top_k: int) -> list[SourcedAnswer]:
-    """The top_k spans by logit, one per distinct (normalized) answer text; scores softmaxed over all."""
+    """The top_k spans by logit - passage null logit, one per distinct (normalized) answer text;
+    scores softmaxed over all candidates."""
     if not candidates:
         return []
-    logits = np.array([a.logit for a, _ in candidates])
+    logits = np.array([a.logit - null for a, null, _ in candidates])
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     chosen, seen = [], set()
     for i in np.argsort(-logits, kind="stable"):
-        answer, hit = candidates[i]
+        answer, _, hit = candidates[i]
         key = normalize_answer(answer.text)
         if key in seen:
             continue

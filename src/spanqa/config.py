@@ -49,6 +49,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     resume: bool = False
     version_2: bool = False            # train with unanswerable questions (CLS labels)
+    negatives: int = 0                 # > 0: per question, that many retrieved wrong passages as unanswerable
     trust_remote_code: bool = False
     log_steps: int = 20
 
@@ -64,6 +65,10 @@ class TrainConfig:
             raise ConfigError("give epochs > 0 or max_steps > 0")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate must be > 0")
+        if self.negatives < 0:
+            raise ConfigError("negatives must be >= 0")
+        if self.negatives:
+            self.version_2 = True  # a wrong passage is labelled "no answer" (CLS)
 
     @property
     def windows(self) -> WindowSettings:

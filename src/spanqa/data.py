@@ -359,6 +359,7 @@ def _check_records(source: str, records: Iterable[tuple[Location, Any]], check: 
     """Flat records as the hub's `squad` uses: id, title, context, question, answers{text, answer_start}."""
     examples: list[Example] = []
     version_2 = False
+    shared: dict[str, str] = {}  # one string per distinct context (flat files repeat it per question)
     for where, record in records:
         if not isinstance(record, dict):
             check.problem(where, "record", "must be a JSON object")
@@ -381,7 +382,7 @@ def _check_records(source: str, records: Iterable[tuple[Location, Any]], check: 
         if qid is None or question is None or context is None or spans is None:
             continue
         version_2 |= not spans[0]
-        examples.append(Example(qid, question, context, spans[0], spans[1],
+        examples.append(Example(qid, question, shared.setdefault(context, context), spans[0], spans[1],
                                 record.get("title") or "", not spans[0]))
     return Dataset(source, examples, version_2, check.problems, check.repairs)
 

@@ -42,7 +42,7 @@ class SpanCandidates:
     null_score: np.ndarray  # (E,) min over windows of start_logit[CLS] + end_logit[CLS]
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     """One answer span: character offsets into its context."""
 

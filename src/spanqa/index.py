@@ -25,7 +25,7 @@ from .progress import progress_bar
 
 INDEX_FORMAT = 1
 MODES = ("bm25", "dense", "hybrid")
-RRF_K = 60  # reciprocal rank fusion constant (Cormack et al., 2009)
+HYBRID_POOL = 100  # passages each retriever contributes to hybrid ranking
 
 
 class CollectionError(ValueError):
@@ -248,7 +248,7 @@ class Index:
     def __init__(self, meta: dict, passages: list[Passage], embeddings: np.ndarray, embedder: Embedder | None = None):
         self.meta, self.passages, self.embeddings = meta, passages, embeddings
         self._embedder = embedder
-        self._bm25 = _bm25_index([p.text for p in passages])
+        self._bm25 = bm25_index([_indexed_text(p) for p in passages])
 
     # building and storing
 
@@ -270,7 +270,7 @@ class Index:
         embedder = embedder or (base.embedder() if base else Embedder())
         if base is not None:
             base.check_embedder(embedder)
-        vectors = embedder.encode([p.text for p in new], show_progress) if new else np.zeros((0, 0), np.float32)
+        vectors = embedder.encode([_indexed_text(p) for p in new], show_progress) if new else np.zeros((0, 0), np.float32)
         passages = (base.passages if base else []) + new
         embeddings = np.concatenate([base.embeddings, vectors]) if base is not None and len(new) else (
             base.embeddings if base is not None else vectors)
@@ -346,7 +346,7 @@ class Index:
         k = min(k, len(self.passages))
         if k == 0:
             return [[] for _ in queries]
-        pool = min(len(self.passages), max(k, 100)) if mode == "hybrid" else k
+        pool = min(len(self.passages), max(k, HYBRID_POOL)) if mode == "hybrid" else k
         ranked = []
         if mode in ("bm25", "hybrid"):
             ranked.append(self._bm25_search(queries, pool))
@@ -355,17 +355,12 @@ class Index:
         if mode != "hybrid":
             ids, scores = ranked[0]
         else:
-            ids, scores = _reciprocal_rank_fusion([r[0] for r in ranked], k)
+            ids, scores = _fuse(ranked, k)
         return [[Hit(self.passages[i], float(s), r) for r, (i, s) in enumerate(zip(row_ids[:k], row_scores[:k]))]
                 for row_ids, row_scores in zip(ids, scores)]
 
     def _bm25_search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        import bm25s
-
-        tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=_stemmer(), return_ids=False,
-                                show_progress=False)
-        ids, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        return ids, scores
+        return bm25_retrieve(self._bm25, queries, k)
 
     def _dense_search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         sims = self.embedder().encode(list(queries)) @ self.embeddings.T
@@ -375,13 +370,23 @@ class Index:
         return ids, np.take_along_axis(sims, ids, axis=1)
 
 
-def _reciprocal_rank_fusion(rankings: list[np.ndarray], k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _indexed_text(p: Passage) -> str:
+    """What search sees of a passage: its document title, then its text (as DPR indexes Wikipedia)."""
+    return f"{p.title.replace('_', ' ')}\n{p.text}" if p.title else p.text
+
+
+def _fuse(rankings: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Hybrid ranking: the equal-weight sum of each retriever's min-max normalised scores over its pool.
+
+    On open-domain SQuAD dev (bench/open_squad.py) this beat reciprocal rank fusion at recall@1 and @5.
+    """
     ids_out, scores_out = [], []
-    for rows in zip(*rankings):
+    for rows in zip(*(zip(ids, scores) for ids, scores in rankings)):
         fused: dict[int, float] = {}
-        for row in rows:
-            for rank, i in enumerate(row.tolist()):
-                fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
+        for ids, scores in rows:
+            span = float(scores.max() - scores.min()) if len(scores) else 0.0
+            for i, s in zip(ids.tolist(), ((scores - scores.min()) / span if span > 0 else np.ones_like(scores)).tolist()):
+                fused[i] = fused.get(i, 0.0) + s / len(rows)
         best = sorted(fused.items(), key=lambda item: -item[1])[:k]
         ids_out.append(np.array([i for i, _ in best]))
         scores_out.append(np.array([s for _, s in best]))
@@ -394,7 +399,15 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
-def _bm25_index(texts: list[str]):
+def bm25_retrieve(retriever, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Passage ids and scores (Q, k) of the k best BM25 matches of each query."""
+    import bm25s
+
+    tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
+    return retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+
+
+def bm25_index(texts: list[str]):
     """A bm25s index of the passages (built at load time: seconds for 10k passages, nothing to keep in sync)."""
     import bm25s
 

@@ -61,6 +61,10 @@ def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
         dev.examples = dev.examples[:config.max_eval_samples]
     if not train.examples:
         raise DataError(f"{train.source}: the training set is empty")
+    if config.negatives:
+        from .collection import hard_negatives
+
+        train.examples = train.examples + hard_negatives(train.examples, config.negatives)
     unanswerable = sum(not e.has_answer for e in train.examples)
     if unanswerable and not config.version_2:
         raise DataError(f"{train.source}: {unanswerable} unanswerable questions; pass --version-2 to train with them")
