@@ -156,3 +156,18 @@ def test_cli_index_search_and_ask(docs, tiny_model, tmp_path):
     answer = json.loads(spanqa("ask", reader_folder(tiny_model, tmp_path), "--index", out, "-q", "Which volcano?",
                                "--json"))["answers"][0]
     assert answer["passage"][answer["passage_start"]:answer["passage_end"]] == answer["text"]
+
+
+def test_hard_negatives_are_other_passages_without_the_answer():
+    from spanqa.collection import hard_negatives
+    from spanqa.config import TrainConfig
+    from spanqa.data import Example
+
+    examples = [Example("a", "Where was Alice born?", "Alice was born in Paris.", ("Paris",), (18,)),
+                Example("b", "Where was Bob born?", "Bob was born in Oslo. Alice was born in Paris.", ("Oslo",), (16,)),
+                Example("c", "What is blue?", "The sky is blue.", ("The sky",), (0,))]
+    negatives = {n.id: n for n in hard_negatives(examples, 1)}
+    assert negatives["a-neg0"].context == "The sky is blue."  # b's passage matches better but holds "Paris"
+    assert negatives["b-neg0"].context == "Alice was born in Paris."
+    assert all(n.is_impossible and not n.answer_texts for n in negatives.values())
+    assert TrainConfig(negatives=1).version_2  # wrong passages are labelled "no answer"

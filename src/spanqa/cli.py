@@ -173,7 +173,8 @@ def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extract
                  data: str = typer.Argument(..., help="Dataset with answers (SQuAD v1.1/v2.0 JSON or JSONL)"),
                  output_dir: Optional[Path] = typer.Option(None, help="Write predictions and metrics here (default: MODEL/eval)"),
                  calibrate: bool = typer.Option(False, "--calibrate", help="v2: store the best null threshold in MODEL/spanqa.json"),
-                 batch_size: int = 64, max_samples: Optional[int] = None) -> None:
+                 batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
+                 max_samples: Optional[int] = None) -> None:
     """Run a reader over a dataset and score it with the official metrics."""
     from .evaluate import evaluate_reader
 
@@ -188,7 +189,7 @@ def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extract
 def predict_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
                 data: str = typer.Argument(..., help="Questions and contexts (answers optional)"),
                 out: Path = typer.Option(Path("predictions.json"), help="Official-format predictions file"),
-                batch_size: int = 64) -> None:
+                batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU")) -> None:
     """Answer every question of a dataset: predictions.json plus n-best and null odds beside it."""
     from .evaluate import predict_dataset
 

@@ -9,7 +9,6 @@ top-k per window and a vectorized merge per example: no Python loop over start x
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,8 +55,11 @@ class Answer:
 class Prediction:
     """What the reader says about one example; its n-best `answers` are built on first access."""
 
+    __slots__ = ("id", "context", "_row", "_spans", "no_answer", "_answers")
+
     def __init__(self, id: str, context: str, row: int, spans: "_Spans", no_answer: bool):
         self.id, self.context, self._row, self._spans, self.no_answer = id, context, row, spans, no_answer
+        self._answers: list[Answer] | None = None
 
     @property
     def null_score(self) -> float:
@@ -72,13 +74,16 @@ class Prediction:
     def null_probability(self) -> float:
         return float(self._spans.null_probability[self._row])
 
-    @functools.cached_property
+    @property
     def answers(self) -> list[Answer]:
-        """n-best spans, best first (empty when no span is possible)."""
-        s, i = self._spans, self._row
-        return [Answer(self.context[s.char_start[i, k]:s.char_end[i, k]], int(s.char_start[i, k]),
-                       int(s.char_end[i, k]), float(s.probability[i, k]), float(s.logit[i, k]))
-                for k in range(int(s.count[i]))]
+        """n-best spans, best first (empty when no span is possible); built once, on first access."""
+        if self._answers is None:
+            s, i = self._spans, self._row
+            starts, ends = s.char_start[i].tolist(), s.char_end[i].tolist()
+            probs, logits = s.probability[i].tolist(), s.logit[i].tolist()
+            self._answers = [Answer(self.context[starts[k]:ends[k]], starts[k], ends[k], probs[k], logits[k])
+                             for k in range(int(s.count[i]))]
+        return self._answers
 
     @property
     def text(self) -> str:
@@ -142,10 +147,10 @@ def _window_topk(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, max_co
     """
     s = torch.from_numpy(np.asarray(start, dtype=np.float32))
     e = torch.from_numpy(np.asarray(end, dtype=np.float32))
-    offs = torch.from_numpy(np.array(offsets))  # a copy: memory-mapped caches are read-only
+    offs = torch.from_numpy(offsets)  # callers pass a fresh (fancy-indexed) array, never a read-only memmap
     valid_start = offs[..., 0] >= 0
     if max_context is not None:
-        valid_start &= torch.from_numpy(np.array(max_context, dtype=bool))
+        valid_start &= torch.from_numpy(max_context.astype(bool, copy=False))
     s = s.masked_fill(~valid_start, -torch.inf)
     e = e.masked_fill(offs[..., 1] < 0, -torch.inf)
     w, length = s.shape

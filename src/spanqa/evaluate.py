@@ -54,7 +54,7 @@ def write_predictions(folder: str | Path, predictions: Sequence[Prediction], ver
 
 
 def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None, calibrate: bool = False,
-                    batch_size: int = 64, max_samples: int | None = None) -> dict:
+                    batch_size: int | None = None, max_samples: int | None = None) -> dict:
     """Predictions and official metrics of a reader on labelled data; v2 `calibrate` stores the threshold."""
     import json
 
@@ -75,7 +75,7 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     decoding = reader.settings.decoding
     if version_2 and not decoding.version_2:
         decoding = replace(decoding, version_2=True)
-    metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, batch_size)
+    metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, reader.batch_size)
     out = Path(output_dir) if output_dir else Path(reader.path) / "eval"
     if calibrate and version_2:
         threshold, calibrated = calibrate_threshold(examples, preds)
@@ -91,7 +91,7 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     return metrics
 
 
-def predict_dataset(model: str, data: str, out: str | Path, batch_size: int = 64) -> int:
+def predict_dataset(model: str, data: str, out: str | Path, batch_size: int | None = None) -> int:
     """Answer every question of `data` (answers not needed); write the official predictions format."""
     from .data import load_dataset
     from .reader import Reader

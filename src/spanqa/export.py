@@ -27,14 +27,15 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     source = resolve_model(model)
     out = Path(out_dir)
     tokenizer = load_tokenizer(source)
-    qa_model = load_qa_model(source).eval()
+    # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
+    qa_model = load_qa_model(source, attn_implementation="eager").eval()
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
     sample = tokenizer(["Who wrote it?", "When?"], ["It was written by a person in a year.", "Now."],
                        padding=True, return_tensors="pt")
     args = tuple(sample[n] for n in names)
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         fp32 = Path(tmp) / ONNX_FILE
-        # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise.
+        # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise
         torch.onnx.export(qa_model, args, str(fp32), input_names=names, output_names=list(OUTPUTS),
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in (*names, *OUTPUTS)},
                           opset_version=opset, dynamo=False)

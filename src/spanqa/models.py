@@ -50,12 +50,11 @@ def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
     return tok
 
 
-def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, dtype=None):
-    """An `AutoModelForQuestionAnswering` from safetensors weights only."""
+def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, **kwargs):
+    """An `AutoModelForQuestionAnswering` from safetensors weights only (`kwargs` go to from_pretrained)."""
     from transformers import AutoModelForQuestionAnswering
 
-    return _load(AutoModelForQuestionAnswering, name_or_path, "question-answering model", trust_remote_code,
-                 **({"dtype": dtype} if dtype is not None else {}))
+    return _load(AutoModelForQuestionAnswering, name_or_path, "question-answering model", trust_remote_code, **kwargs)
 
 
 def load_encoder(name_or_path: str | None, trust_remote_code: bool = False):
