@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import tempfile
 import time
 
@@ -54,7 +55,8 @@ def single_query_ms(fn, queries) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(ROOT / "runs" / "quick"))
+    ap.add_argument("--model", default=str(ROOT / "runs" / "open-reader"),
+                    help="reader (default: runs/quick further trained with --negatives 1, see BENCHMARKS.md)")
     ap.add_argument("--read-questions", type=int, default=1000)
     ap.add_argument("--passages", type=int, default=5)
     args = ap.parse_args()
@@ -87,10 +89,12 @@ def main() -> None:
     examples = load_dataset(DEV).examples[:n]
     data = as_squad_data(examples)
     t0 = time.perf_counter()
-    gold_preds = {p.id: p.text for p in reader.predict(examples)}
+    v1 = replace(reader.settings.decoding, version_2=False)  # SQuAD v1.1 questions always have an answer
+    gold_preds = {p.id: p.text for p in reader.predict(examples, v1)}
     gold_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    answers = ask_collection_many(reader, index, [e.question for e in examples], 1, args.passages, "hybrid")
+    answers = ask_collection_many(reader, index, [e.question for e in examples], 1, args.passages, "hybrid",
+                                  allow_no_answer=False)
     open_seconds = time.perf_counter() - t0
     open_preds = {e.id: (a[0].text if a else "") for e, a in zip(examples, answers)}
     gold_scores, open_scores = squad_v1(data, gold_preds), squad_v1(data, open_preds)

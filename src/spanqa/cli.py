@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -235,7 +236,7 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
         _fail("the passage must not be empty")
     answers = Reader.load(model).answer(question, context, top_k=top_k)
     if as_json:
-        print(json.dumps({"answers": [vars(a) for a in answers]}, indent=2, ensure_ascii=False))
+        print(json.dumps({"answers": [asdict(a) for a in answers]}, indent=2, ensure_ascii=False))
         return
     if not answers or answers[0].start < 0:
         print("(no answer)")
@@ -300,7 +301,7 @@ def search_cmd(index: Path = typer.Argument(..., help="Index folder"),
         _fail(f"--mode must be one of {', '.join(MODES)}")
     hits = _load_index(index).search(query, k, mode)
     if as_json:
-        print(json.dumps([{"score": h.score, **vars(h.passage)} for h in hits], indent=2, ensure_ascii=False))
+        print(json.dumps([{"score": h.score, **asdict(h.passage)} for h in hits], indent=2, ensure_ascii=False))
         return
     out = Console(soft_wrap=True, highlight=False)
     for h in hits:
