@@ -109,8 +109,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def live_server(tiny_model, tmp_path_factory):
     folder = reader_folder(tiny_model, tmp_path_factory.mktemp("served"))
+    docs = tmp_path_factory.mktemp("served_docs")
+    (docs / "tower.txt").write_text(CONTEXT)
+    (docs / "bees.txt").write_text("Honey bees dance to show where the flowers are.")
+    index = tmp_path_factory.mktemp("served_index") / "idx"
+    subprocess.run([sys.executable, "-m", "spanqa", "index", str(docs), "--out", str(index)], check=True)
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "spanqa", "serve", folder, "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "spanqa", "serve", folder, "--port", str(port), "--index", str(index)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -163,5 +168,27 @@ def test_web_page_highlights_the_answer_in_chromium(live_server):
         mark = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results mark"))[0]
         assert mark.text == expected["text"].strip()
         assert browser.find_element(By.CSS_SELECTOR, ".answer-text").text == expected["text"].strip()
+    finally:
+        browser.quit()
+
+
+def test_web_page_shows_the_source_passage_of_collection_answers(live_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    question = "When was the tower finished?"
+    expected = httpx.post(live_server + "/v1/ask", json={"question": question, "top_k": 3}).json()["answers"][0]
+    browser = _chromium()
+    try:
+        browser.get(live_server + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "source-choice").is_displayed())
+        browser.find_element(By.ID, "use-index").click()
+        browser.find_element(By.ID, "question").send_keys(question)
+        browser.find_element(By.ID, "ask").click()
+        mark = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results mark"))[0]
+        assert mark.text == expected["text"].strip()
+        first = browser.find_elements(By.CSS_SELECTOR, ".answer")[0]
+        assert "tower.txt" in first.text or "bees.txt" in first.text  # the source is shown
+        assert expected["passage"][:30] in first.find_element(By.CSS_SELECTOR, ".passage").text
     finally:
         browser.quit()
