@@ -165,6 +165,9 @@ def _print_summary(output_dir: str, metrics: dict) -> None:
     print("  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
     print(f"reader written to {output_dir}\n"
           f"  ask:      spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
+          f"  chat:     spanqa chat {output_dir} --context-file PASSAGE.txt\n"
+          f"  serve:    spanqa serve {output_dir}   (web page and API on http://127.0.0.1:8000)\n"
+          f"  faster:   spanqa export {output_dir} --onnx --int8\n"
           f"  evaluate: spanqa evaluate {output_dir} DATA.json\n"
           f"  python:   from spanqa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
 
