@@ -125,6 +125,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
 
     started = time.perf_counter() - state.elapsed
     window_loss, window_n = 0.0, 0
+    last_eval: tuple[int, list] | None = None  # (step, predictions): the final evaluation reuses it
     bar = progress_bar(f"training ({len(train_w):,} windows, {total_steps:,} steps)", total_steps,
                        enabled=is_main, unit="step")
     bar.advance(state.step)
@@ -157,7 +158,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                                                     scheduler.get_last_lr()[0], per_step))
                     window_loss, window_n = 0.0, 0
                 if config.eval_steps and state.step % config.eval_steps == 0:
-                    _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started)
+                    last_eval = _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started)
                 if config.save_steps and state.step % config.save_steps == 0:
                     state.elapsed = time.perf_counter() - started
                     _save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
@@ -165,7 +166,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
                 state.epoch += 1
                 state.epoch_batches_done = 0
                 if not config.eval_steps:
-                    _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started)
+                    last_eval = _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started)
     except KeyboardInterrupt:
         bar.close()
         raise KeyboardInterrupt(f"interrupted at step {state.step}; continue with --resume "
@@ -176,7 +177,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
         _save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
     metrics = {}
     if is_main:
-        metrics = _finish(accelerator.unwrap_model(model), tokenizer, dev_set, dev_w, config, state, out)
+        evaluated = last_eval[1] if last_eval and last_eval[0] == state.step else None
+        metrics = _finish(accelerator.unwrap_model(model), tokenizer, dev_set, dev_w, config, state, out, evaluated)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -263,14 +265,18 @@ def _span_loss(start: np.ndarray, end: np.ndarray, windows: Windows) -> float:
     return (ce(start, np.asarray(windows.start_positions)) + ce(end, np.asarray(windows.end_positions))) / 2
 
 
-def _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started) -> None:
+def _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, started) -> tuple[int, list] | None:
+    """Evaluate on dev (main process), record it in the history; (step, predictions) for reuse."""
+    evaluated = None
     if accelerator.is_main_process:
-        metrics, _ = evaluate_windows(accelerator.unwrap_model(model), dev_set.examples, dev_w, config.decoding,
-                                      config.eval_batch_size, _autocast(accelerator))
+        metrics, preds = evaluate_windows(accelerator.unwrap_model(model), dev_set.examples, dev_w, config.decoding,
+                                          config.eval_batch_size, _autocast(accelerator))
         state.history.append({"step": state.step, "epoch": state.epoch,
                               "elapsed": time.perf_counter() - started, **metrics})
+        evaluated = (state.step, preds)
     model.train()
     accelerator.wait_for_everyone()
+    return evaluated
 
 
 def _autocast(accelerator):
@@ -327,15 +333,19 @@ def _load_checkpoint(out: Path, model, optimizer, scheduler) -> TrainState | Non
 # --- final outputs -------------------------------------------------------------------------------
 
 def _finish(model, tokenizer, dev_set: Dataset, dev_w: Windows, config: TrainConfig, state: TrainState,
-            out: Path) -> dict:
-    metrics, preds = evaluate_windows(model, dev_set.examples, dev_w, config.decoding, config.eval_batch_size)
+            out: Path, evaluated: list | None = None) -> dict:
+    """Final dev metrics (reusing an evaluation of this very step), v2 calibration, and every output file."""
+    if evaluated is None:
+        metrics, preds = evaluate_windows(model, dev_set.examples, dev_w, config.decoding, config.eval_batch_size)
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed, **metrics})
+    else:
+        preds = evaluated
+        metrics = {k: v for k, v in state.history[-1].items() if k not in ("step", "epoch", "elapsed")}
     decoding = config.decoding
     if config.version_2:
         threshold, calibrated = calibrate_threshold(dev_set.examples, preds)
         decoding = DecodeSettings(decoding.n_best, decoding.max_answer_length, threshold, True)
         metrics.update(calibrated)
-    state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed,
-                          **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     atomic_write_json(out / SETTINGS_FILE, {**ReaderSettings(config.windows, decoding).to_dict(),
