@@ -133,7 +133,7 @@ def test_ask_collection_returns_sourced_answers(index, tiny_model, tmp_path):
     for a in answers:
         assert a.passage[a.passage_start:a.passage_end] == a.text
         assert texts[a.doc_id][a.doc_start:a.doc_start + len(a.text)] == a.text
-    assert abs(sum(a.score for a in answers)) <= 1 + 1e-6 and answers == sorted(answers, key=lambda a: -a.logit)
+    assert abs(sum(a.score for a in answers)) <= 1 + 1e-6 and answers == sorted(answers, key=lambda a: -a.score)
     with TestClient(create_app(reader, retriever=index)) as client:
         assert client.get("/health").json()["index"]["passages"] == len(index.passages)
         served = client.post("/v1/ask", json={"question": "How tall is the tower?", "top_k": 3, "passages": 3}).json()

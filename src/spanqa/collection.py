@@ -1,11 +1,13 @@
 """Retrieve, then read: answers from a document collection, with their sources.
 
 The retrieved passages of all questions are read in one batched pass with the shared decoder.
-Answers are ranked across passages by span logit minus the passage's no-answer logit: a reader
-trained with retrieved wrong passages as unanswerable examples (`spanqa train --negatives N`,
-after Clark & Gardner 2018) learns to put that no-answer score high on passages that do not hold
-the answer, which puts all passages on one scale; a softmax within each passage would not. The
-reported score is a softmax over all candidate spans of the question, so it is comparable too.
+Answers are ranked across passages by span logit minus the passage's no-answer logit (a reader
+trained with retrieved wrong passages as unanswerable examples, `spanqa train --negatives N`
+after Clark & Gardner 2018, learns to raise that no-answer score on passages without the answer;
+a softmax within each passage would put every passage on its own scale) plus RETRIEVAL_WEIGHT x
+the passage's retrieval relevance in [0, 1] (BERTserini-style fusion: the retriever knows which
+passage is on topic better than a small reader does). The reported score is a softmax of that
+ranking score over all candidate spans of the question, so it is comparable across passages.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from .data import Example
 from .index import Index, bm25_index, bm25_retrieve
 from .metrics import normalize_answer
 from .reader import Reader
+
+# The best of 0/1/2/4/8/16 on dev-v1.1 questions 5000-5499 (F1 of retrieve+read with
+# runs/open-reader: 44.6, 47.8, 49.3, 51.6, 53.8, 53.9); bench/open_squad.py reports questions 0-999.
+RETRIEVAL_WEIGHT = 16.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,18 @@ def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], 
         if allow_no_answer and read and all(p.no_answer for p, _ in read):
             out.append([])  # a v2 reader (or its calibrated threshold) finds the answer in no passage
             continue
-        out.append(_best_distinct([(a, p.null_score, hit) for p, hit in read for a in p.answers], top_k))
+        relevance = _relevance([hit.score for hit in row], mode)
+        out.append(_best_distinct([(a, a.logit - p.null_score + RETRIEVAL_WEIGHT * r, hit)
+                                   for (p, hit), r in zip(read, relevance) for a in p.answers], top_k))
     return out
+
+
+def _relevance(scores: list[float], mode: str) -> list[float]:
+    """Retrieval scores on [0, 1]: hybrid scores already are; BM25 and cosine scores are min-max scaled."""
+    if mode == "hybrid" or not scores:
+        return scores
+    lo, hi = min(scores), max(scores)
+    return [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in scores]
 
 
 def hard_negatives(examples: Sequence[Example], per_question: int = 1) -> list[Example]:
@@ -84,11 +100,11 @@ def hard_negatives(examples: Sequence[Example], per_question: int = 1) -> list[E
 
 
 def _best_distinct(candidates: list, top_k: int) -> list[SourcedAnswer]:
-    """The top_k spans by logit - passage null logit, one per distinct (normalized) answer text;
+    """The top_k (answer, ranking score, hit) candidates, one per distinct (normalized) answer text;
     scores softmaxed over all candidates."""
     if not candidates:
         return []
-    logits = np.array([a.logit - null for a, null, _ in candidates])
+    logits = np.array([score for _, score, _ in candidates])
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     chosen, seen = [], set()
