@@ -108,7 +108,7 @@ def test_cache_is_built_once_and_memory_mapped(tokenizer, tmp_path):
     exs = examples() * 1
     settings = WindowSettings(max_seq_length=96, doc_stride=16, max_query_length=16)
     calls = []
-    a = cached_windows(exs, tokenizer, settings, tmp_path, batch_size=2, on_batch=calls.append)
+    cached_windows(exs, tokenizer, settings, tmp_path, batch_size=2, on_batch=calls.append)
     b = cached_windows(exs, tokenizer, settings, tmp_path, on_batch=calls.append)
     assert isinstance(b.input_ids, np.memmap)
     assert calls == [2, 2, 1, 5]  # built in batches of 2, then reused whole

@@ -7,7 +7,6 @@ batches already consumed: no step is lost or repeated.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
