@@ -171,3 +171,12 @@ def test_hard_negatives_are_other_passages_without_the_answer():
     assert negatives["b-neg0"].context == "Alice was born in Paris."
     assert all(n.is_impossible and not n.answer_texts for n in negatives.values())
     assert TrainConfig(negatives=1).version_2  # wrong passages are labelled "no answer"
+
+
+def test_chat_over_an_index(index, tiny_model, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    run = subprocess.run([sys.executable, "-m", "spanqa", "chat", reader_folder(tiny_model, tmp_path), "--index",
+                          str(folder)], input="Which volcano is active?\n:quit\n", capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "score " in run.stdout and "passage " in run.stdout and run.stdout.rstrip().endswith("bye")
