@@ -164,6 +164,10 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
     app = FastAPI(title="spanqa", version="0.1.0", lifespan=lifespan,
                   description="Extractive question answering: the span of the context that answers the question.")
 
+    def check_top_k(top_k: int) -> None:
+        if top_k > limits.max_top_k:
+            raise HTTPException(422, f"top_k is {top_k}; at most {limits.max_top_k}")
+
     def check(item: AnswerRequest) -> None:
         if len(item.context) > limits.max_context_chars:
             raise HTTPException(422, f"context has {len(item.context)} characters; at most "
@@ -171,8 +175,7 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
         if len(item.question) > limits.max_question_chars:
             raise HTTPException(422, f"question has {len(item.question)} characters; at most "
                                      f"{limits.max_question_chars} are accepted")
-        if item.top_k > limits.max_top_k:
-            raise HTTPException(422, f"top_k is {item.top_k}; at most {limits.max_top_k}")
+        check_top_k(item.top_k)
 
     async def in_time(coro):
         try:
@@ -205,8 +208,7 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
         """Retrieve passages from the loaded index, read them, and answer with sources."""
         if retriever is None:
             raise HTTPException(400, "no index is loaded: start the server with --index INDEX_DIR")
-        if request.top_k > limits.max_top_k:
-            raise HTTPException(422, f"top_k is {request.top_k}; at most {limits.max_top_k}")
+        check_top_k(request.top_k)
         from .collection import ask_collection
 
         answers = await in_time(asyncio.to_thread(ask_collection, reader, retriever, request.question,
