@@ -97,7 +97,8 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     check_settings(tokenizer, config.windows, _max_positions(config))
     train_set, dev_set = prepare_data(config)
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision))
+    # cpu=True on CPU-only machines: without it accelerate ignores torchrun and every rank trains alone
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     with accelerator.main_process_first():
         train_w = _windows("train windows", train_set.examples, tokenizer, config, is_main)
