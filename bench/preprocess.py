@@ -1,7 +1,8 @@
 """Training windows for SQuAD train-v1.1 (MiniLM tokenizer, 384/128): spanqa vs HF run_qa.py.
 
 The peer is HF `run_qa.py`'s `prepare_train_features` (re-implemented from its public definition)
-applied with `datasets.map` on the flat JSON records, as run_qa does. Each run is a fresh
+applied with `datasets.map` on the flat JSON records, as run_qa does; spanqa streams the file through
+validation and windowing into its cache, as `spanqa train` does. Each run is a fresh
 subprocess so that its peak RSS is its own; both read the same JSONL file and both end with their
 features on disk (spanqa's memory-mapped cache, datasets' Arrow cache).
 
@@ -88,13 +89,13 @@ def run_hf(jsonl: Path, workdir: Path) -> dict:
 
 
 def run_ours(jsonl: Path, workdir: Path) -> dict:
-    from spanqa.data import load_dataset
+    from spanqa.data import ExampleStream
     from spanqa.models import load_tokenizer
-    from spanqa.windows import WindowSettings, cached_windows
+    from spanqa.windows import WindowSettings, streamed_windows
 
-    tokenizer = load_tokenizer(None)
-    examples = load_dataset(jsonl).examples
-    w = cached_windows(examples, tokenizer, WindowSettings(MAX_SEQ_LENGTH, DOC_STRIDE, 64), workdir / "ours")
+    tokenizer = load_tokenizer(None)  # the file is read, validated and windowed 1,000 questions at a time
+    w, _ = streamed_windows(ExampleStream(jsonl), tokenizer, WindowSettings(MAX_SEQ_LENGTH, DOC_STRIDE, 64),
+                            cache_dir=workdir / "ours")
     return {"windows": len(w), "sample": {"input_ids": w.input_ids[:200].tolist(),
                                           "start_positions": w.start_positions[:200].tolist(),
                                           "end_positions": w.end_positions[:200].tolist()}}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import CONTEXT, SHARED, TINY_QAS, qa, squad_json
 from spanqa.cli import app
-from spanqa.data import DataError, check_dataset, load_dataset
+from spanqa.data import DataError, ExampleStream, check_dataset, load_dataset
 
 runner = CliRunner()
 
@@ -26,10 +26,8 @@ def test_nested_json_gz_and_jsonl_load_the_same(tmp_path):
     (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(obj).encode()))
     nested = load_dataset(tmp_path / "a.json.gz")
     with open(tmp_path / "a.jsonl", "w") as f:
-        for q in TINY_QAS:
-            f.write(json.dumps({"id": q["id"], "title": "Eiffel", "context": CONTEXT, "question": q["question"],
-                                "answers": {"text": [a["text"] for a in q["answers"]],
-                                            "answer_start": [a["answer_start"] for a in q["answers"]]}}) + "\n")
+        for record in jsonl_records():
+            f.write(json.dumps(record) + "\n")
     flat = load_dataset(tmp_path / "a.jsonl")
     assert nested.examples == flat.examples and len(flat.examples) == 4
     assert not nested.version_2
@@ -39,6 +37,28 @@ def test_v2_file_with_unanswerable(tmp_path):
     obj = squad_json(TINY_QAS + [qa("q5", "Who painted it?", None)], version="v2.0")
     code, out = check(tmp_path, obj)
     assert code == 0 and "SQuAD v2.0" in out and "4 answerable" in out
+
+
+@pytest.mark.parametrize("name", ["d.json", "d.json.gz", "d.jsonl"])
+def test_files_are_streamed_one_record_at_a_time(tmp_path, name):
+    """The first questions come out before the reader has seen the (broken) end of the file."""
+    if name == "d.jsonl":
+        good = jsonl_records()
+        text = "".join(json.dumps(r) + "\n" for r in good) + '{"id": "broken"\n'
+    else:
+        text = json.dumps(squad_json(TINY_QAS))[:-1] + ', "oops": [1, }'
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    stream = iter(ExampleStream(path))
+    assert next(stream).id == TINY_QAS[0]["id"]
+    with pytest.raises(DataError, match="line"):
+        list(stream)
+
+
+def jsonl_records():
+    return [{"id": q["id"], "title": "Eiffel", "context": CONTEXT, "question": q["question"],
+             "answers": {"text": [a["text"] for a in q["answers"]],
+                         "answer_start": [a["answer_start"] for a in q["answers"]]}} for q in TINY_QAS]
 
 
 def test_valid_file_passes(tmp_path):

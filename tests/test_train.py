@@ -119,7 +119,7 @@ def test_bad_settings_fail_before_training(tmp_path, tiny_model, change, error, 
 def test_empty_training_set_and_dev_without_answers(tmp_path, tiny_model):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(DataError, match="no questions"):
+    with pytest.raises(DataError, match="training set is empty"):
         train(tiny_config(tmp_path, tiny_model, train_file=str(empty)))
     no_answers = tmp_path / "dev.jsonl"
     no_answers.write_text(json.dumps({"id": "x", "title": "", "context": "abc def", "question": "what?",

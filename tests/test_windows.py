@@ -5,7 +5,9 @@ import pytest
 
 from conftest import CONTEXT, TINY_QAS
 from spanqa.data import Example
-from spanqa.windows import WindowError, WindowSettings, build_windows, cached_windows, check_settings
+from spanqa.data import DataError, ExampleStream, write_jsonl
+from spanqa.windows import (WindowError, WindowSettings, build_windows, cached_windows, check_settings,
+                            streamed_windows)
 
 
 def examples(context=CONTEXT):
@@ -90,6 +92,18 @@ def test_windows_equal_the_tokenizers_own_overflowing_pairs(request, tok_name):
         assert np.array_equal(w.token_type_ids, ref["token_type_ids"])
 
 
+def test_word_starts_follow_the_tokenizers_words(tokenizer):
+    context = "Thomas Davis had four forced fumbles."
+    w = build_windows([Example("a", "How many?", context)], tokenizer, WindowSettings(64, 16, 16))
+    ctx = np.nonzero(w.offsets[0, :, 0] >= 0)[0]
+    pieces = [(context[a:b], bool(s)) for (a, b), s in zip(w.offsets[0, ctx], w.word_start[0, ctx])]
+    words = []
+    for piece, starts in pieces:
+        words.append(piece) if starts else words.__setitem__(-1, words[-1] + piece)
+    assert words == ["Thomas", "Davis", "had", "four", "forced", "fumbles", "."]
+    assert not w.word_start[0][w.offsets[0, :, 0] < 0].any()
+
+
 def test_question_truncated_to_max_query_length(tokenizer):
     ex = Example("q", "why " * 100 + "?", CONTEXT)
     w = build_windows([ex], tokenizer, WindowSettings(max_seq_length=128, doc_stride=16, max_query_length=10))
@@ -118,3 +132,33 @@ def test_cache_is_built_once_and_memory_mapped(tokenizer, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
     cached_windows(exs, tokenizer, WindowSettings(max_seq_length=80, doc_stride=16, max_query_length=16), tmp_path)
     assert len(list(tmp_path.iterdir())) == 2  # other settings, other key
+
+
+def test_windows_streamed_from_a_file_equal_those_of_its_examples(tokenizer, tmp_path):
+    exs = [e for e in examples() if e.has_answer]
+    data = tmp_path / "train.jsonl"
+    write_jsonl(exs, data)
+    settings = WindowSettings(max_seq_length=96, doc_stride=16, max_query_length=16)
+    calls = []
+    w, held = streamed_windows(ExampleStream(data), tokenizer, settings, cache_dir=tmp_path / "c", batch_size=2,
+                               on_batch=calls.append)
+    assert held == {"examples": len(exs), "unanswerable": 0, "version_2": False} and calls == [2, 2]
+    ref = build_windows(exs, tokenizer, settings)
+    for name in ("input_ids", "offsets", "max_context", "word_start", "start_positions", "example_index"):
+        assert np.array_equal(getattr(w, name), getattr(ref, name))
+    again, _ = streamed_windows(ExampleStream(data), tokenizer, settings, cache_dir=tmp_path / "c",
+                                on_batch=calls.append)
+    assert calls == [2, 2] and isinstance(again.input_ids, np.memmap)  # the file is not read again
+    first, _ = streamed_windows(ExampleStream(data), tokenizer, settings, limit=3, cache_dir=tmp_path / "c")
+    assert len(set(first.example_index.tolist())) == 3
+
+
+def test_a_streamed_file_with_problems_caches_nothing(tokenizer, tmp_path):
+    exs = examples()
+    data = tmp_path / "train.jsonl"
+    write_jsonl(exs, data)
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines + [lines[0]]) + "\n")  # the first question again: duplicate id
+    with pytest.raises(DataError, match="duplicate id"):
+        streamed_windows(ExampleStream(data), tokenizer, WindowSettings(96, 16, 16), cache_dir=tmp_path / "c")
+    assert not any((tmp_path / "c").iterdir())

@@ -76,7 +76,7 @@ class TrainConfig:
 
     @property
     def decoding(self) -> DecodeSettings:
-        return DecodeSettings(self.n_best, self.max_answer_length, 0.0, self.version_2)
+        return DecodeSettings(n_best=self.n_best, max_answer_length=self.max_answer_length, version_2=self.version_2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,30 +102,70 @@ def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = 
     With `require_answers=False` (prediction), questions may come without answers.
     """
     dataset = check_dataset(source, fix_offsets=fix_offsets, split=split, require_answers=require_answers)
-    if dataset.problems:
-        raise DataError(f"{source}: {len(dataset.problems)} problem(s); run `spanqa data check {source}`"
-                        " for the full list (`--fix-offsets` repairs slightly-off answer_start values)",
-                        dataset.problems)
+    raise_problems(dataset.source, dataset.problems)
     if not dataset.examples:
         raise DataError(f"{source}: no questions found")
     return dataset
 
 
+def raise_problems(source: str, problems: list[Problem]) -> None:
+    if problems:
+        raise DataError(f"{source}: {len(problems)} problem(s); run `spanqa data check {source}`"
+                        " for the full list (`--fix-offsets` repairs slightly-off answer_start values)", problems)
+
+
 def check_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train",
                   require_answers: bool = True) -> Dataset:
     """Read a dataset and collect all validation problems (raises only for unreadable files)."""
-    path = Path(source)
-    if path.exists():
-        if path.is_dir():
-            raise DataError(f"{path} is a folder; pass a .json, .json.gz or .jsonl file")
-        name = path.name.lower()
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            return _check_records(str(path), _read_jsonl(path), _Checker(fix_offsets, require_answers))
-        return _check_nested(str(path), _read_json(path), _Checker(fix_offsets, require_answers))
-    if _looks_like_path(str(source)):
-        raise DataError(f"{source}: no such file")
-    return _check_records(f"hub:{source}[{split}]", _hub_records(str(source), split),
-                          _Checker(fix_offsets, require_answers))
+    stream = ExampleStream(source, fix_offsets=fix_offsets, split=split, require_answers=require_answers)
+    examples = list(stream)
+    return Dataset(stream.source, examples, stream.version_2, stream.problems, stream.repairs)
+
+
+class ExampleStream:
+    """The valid examples of a file (or hub dataset), read one record at a time: memory does not grow
+    with the file. Problems, repairs and counts accumulate while it is consumed (iterate it once);
+    unreadable files raise `DataError`."""
+
+    def __init__(self, source: str | Path, *, fix_offsets: bool = False, split: str = "train",
+                 require_answers: bool = True):
+        self.path: Path | None = Path(source)
+        self.check = _Checker(fix_offsets, require_answers)
+        self.count = 0          # examples yielded so far
+        self.unanswerable = 0
+        if self.path.exists():
+            if self.path.is_dir():
+                raise DataError(f"{self.path} is a folder; pass a .json, .json.gz or .jsonl file")
+            self.source = str(self.path)
+        elif _looks_like_path(str(source)):
+            raise DataError(f"{source}: no such file")
+        else:
+            self.path, self.hub_name, self.split = None, str(source), split
+            self.source = f"hub:{source}[{split}]"
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.check.problems
+
+    @property
+    def repairs(self) -> list[Problem]:
+        return self.check.repairs
+
+    @property
+    def version_2(self) -> bool:
+        return self.check.version_2
+
+    def __iter__(self) -> Iterator[Example]:
+        if self.path is None:
+            examples = _record_examples(_hub_records(self.hub_name, self.split), self.check)
+        elif self.path.name.lower().endswith((".jsonl", ".jsonl.gz")):
+            examples = _record_examples(_read_jsonl(self.path), self.check)
+        else:
+            examples = _nested_examples(self.path, self.check)
+        for example in examples:
+            self.count += 1
+            self.unanswerable += not example.has_answer
+            yield example
 
 
 def _looks_like_path(source: str) -> bool:
@@ -189,7 +229,8 @@ class _Checker:
         self.require_answers = require_answers
         self.problems: list[Problem] = []
         self.repairs: list[Problem] = []
-        self.seen_ids: dict[str, Location] = {}
+        self.seen_ids: set[str] = set()  # ids only (no locations): the one thing that grows with the file
+        self.version_2 = False  # v2.0 data: seen "is_impossible", a "2.x" version or an unanswerable record
 
     def problem(self, where: Location, field_name: str, message: str) -> None:
         self.problems.append(Problem(where, field_name, message))
@@ -214,9 +255,9 @@ class _Checker:
             self.problem(where, "id", "missing or not a string")
             return None
         if qid in self.seen_ids:
-            self.problem(where, "id", f"duplicate id, first seen at {self.seen_ids[qid]}")
+            self.problem(where, "id", "duplicate id: an earlier question has the same id")
             return None
-        self.seen_ids[qid] = where
+        self.seen_ids.add(qid)
         return qid
 
     def answers(self, where: Location, context: str | None, texts: Any, starts: Any,
@@ -277,54 +318,68 @@ def _nearest_occurrence(context: str, text: str, start: int) -> int | None:
     return best
 
 
-def _check_nested(source: str, data: Any, check: _Checker) -> Dataset:
-    """SQuAD nested JSON: {"version", "data": [{"title", "paragraphs": [{"context", "qas"}]}]}."""
-    examples: list[Example] = []
-    top = Location(source)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
-                        "(for flat records use .jsonl)")
-    version = str(data.get("version", ""))
-    version_2 = version.lstrip("v").startswith("2") or _has_impossible(data["data"])
-    for a, article in enumerate(data["data"]):
-        if not isinstance(article, dict):
-            check.problem(top, f"data[{a}]", "must be an object")
-            continue
-        title = article.get("title", f"#{a}")
-        title = title if isinstance(title, str) else str(title)
-        paragraphs = article.get("paragraphs")
-        if not isinstance(paragraphs, list):
-            check.problem(Location(source, title), "paragraphs", "missing or not a list")
-            continue
-        for p, paragraph in enumerate(paragraphs):
-            where_p = Location(source, title, p)
-            if not isinstance(paragraph, dict):
-                check.problem(where_p, "paragraph", "must be an object")
-                continue
-            context = check.text(where_p, paragraph, "context")
-            qas = paragraph.get("qas")
-            if not isinstance(qas, list):
-                check.problem(where_p, "qas", "missing or not a list")
-                continue
-            for q, qa in enumerate(qas):
-                if not isinstance(qa, dict):
-                    check.problem(where_p, f"qas[{q}]", "must be an object")
-                    continue
-                example = _nested_example(check, source, title, p, q, qa, context, version_2)
-                if example is not None:
-                    examples.append(example)
-    return Dataset(source, examples, version_2, check.problems, check.repairs)
+def _nested_examples(path: Path, check: _Checker) -> Iterator[Example]:
+    """SQuAD nested JSON {"version", "data": [{"title", "paragraphs": [{"context", "qas"}]}]}, streamed
+    one article at a time with ijson (json.load would hold the whole file as Python objects)."""
+    import ijson
+
+    source, articles = str(path), 0
+    try:
+        with _open_binary(path) as f:
+            for a, article in enumerate(ijson.items(f, "data.item", use_float=True)):
+                articles += 1
+                yield from _article_examples(source, a, article, check)
+        if not articles:  # an empty "data" list, or not SQuAD JSON at all: look at the whole (small) file
+            data = _read_json(path)
+            if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+                raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
+                                "(for flat records use .jsonl)")
+        if not check.version_2:  # "version" comes after "data" in the official files: a second, cheap pass
+            with _open_binary(path) as f:
+                check.version_2 = any(str(v).lstrip("v").startswith("2") for v in ijson.items(f, "version"))
+    except ijson.JSONError:
+        _read_json(path)  # raises DataError with the line and column
+        raise
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
 
-def _has_impossible(articles: list) -> bool:
-    return any(isinstance(qa, dict) and "is_impossible" in qa
-               for art in articles if isinstance(art, dict)
-               for par in (art.get("paragraphs") or []) if isinstance(par, dict)
-               for qa in (par.get("qas") or []))
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _article_examples(source: str, a: int, article: Any, check: _Checker) -> Iterator[Example]:
+    if not isinstance(article, dict):
+        check.problem(Location(source), f"data[{a}]", "must be an object")
+        return
+    title = article.get("title", f"#{a}")
+    title = title if isinstance(title, str) else str(title)
+    paragraphs = article.get("paragraphs")
+    if not isinstance(paragraphs, list):
+        check.problem(Location(source, title), "paragraphs", "missing or not a list")
+        return
+    for p, paragraph in enumerate(paragraphs):
+        where_p = Location(source, title, p)
+        if not isinstance(paragraph, dict):
+            check.problem(where_p, "paragraph", "must be an object")
+            continue
+        context = check.text(where_p, paragraph, "context")
+        qas = paragraph.get("qas")
+        if not isinstance(qas, list):
+            check.problem(where_p, "qas", "missing or not a list")
+            continue
+        check.version_2 |= any(isinstance(qa, dict) and "is_impossible" in qa for qa in qas)
+        for q, qa in enumerate(qas):
+            if not isinstance(qa, dict):
+                check.problem(where_p, f"qas[{q}]", "must be an object")
+                continue
+            example = _nested_example(check, source, title, p, q, qa, context)
+            if example is not None:
+                yield example
 
 
 def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa: dict,
-                    context: str | None, version_2: bool) -> Example | None:
+                    context: str | None) -> Example | None:
     where = Location(source, title, p, str(qa.get("id", f"qas[{q}]")))
     qid = check.qid(where, qa)
     question = check.text(where, qa, "question")
@@ -344,7 +399,7 @@ def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa
                       "(v2.0 keeps those under 'plausible_answers')")
         return None
     if not answers and not impossible and check.require_answers:
-        hint = "mark it \"is_impossible\": true (v2.0)" if version_2 else \
+        hint = "mark it \"is_impossible\": true (v2.0)" if check.version_2 else \
             "v1.1 questions need at least one answer; remove the question or use a v2.0 file"
         check.problem(where, "answers", f"no answers and not marked is_impossible: {hint}")
         return None
@@ -355,11 +410,9 @@ def _nested_example(check: _Checker, source: str, title: str, p: int, q: int, qa
     return Example(qid, question, context, spans[0], spans[1], title, impossible)
 
 
-def _check_records(source: str, records: Iterable[tuple[Location, Any]], check: _Checker) -> Dataset:
+def _record_examples(records: Iterable[tuple[Location, Any]], check: _Checker) -> Iterator[Example]:
     """Flat records as the hub's `squad` uses: id, title, context, question, answers{text, answer_start}."""
-    examples: list[Example] = []
-    version_2 = False
-    shared: dict[str, str] = {}  # one string per distinct context (flat files repeat it per question)
+    previous_context = ""  # flat files repeat each context for its questions: keep one string for them
     for where, record in records:
         if not isinstance(record, dict):
             check.problem(where, "record", "must be a JSON object")
@@ -381,10 +434,11 @@ def _check_records(source: str, records: Iterable[tuple[Location, Any]], check: 
         spans = check.answers(where, context, texts, starts, "answers")
         if qid is None or question is None or context is None or spans is None:
             continue
-        version_2 |= not spans[0]
-        examples.append(Example(qid, question, shared.setdefault(context, context), spans[0], spans[1],
-                                record.get("title") or "", not spans[0]))
-    return Dataset(source, examples, version_2, check.problems, check.repairs)
+        check.version_2 |= not spans[0]
+        if context == previous_context:
+            context = previous_context
+        previous_context = context
+        yield Example(qid, question, context, spans[0], spans[1], record.get("title") or "", not spans[0])
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:

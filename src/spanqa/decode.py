@@ -5,6 +5,10 @@ One decoder for evaluation and live requests. Every candidate span (start, start
 band tensor, masked to context tokens (and the start token's max-context window), then reduced with
 top-k per window and a vectorized merge per example: no Python loop over start x end pairs
 (HF `postprocess_qa_predictions` loops over n_best x n_best pairs per window).
+
+By default the candidates are then, as the transformers 4.x question-answering pipeline does,
+widened to whole words ("fu" of "fumbles" becomes "fumbles") and candidates with the same text
+merged into one answer whose probability is the sum of theirs ("5" and "5½" both read "5½").
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ class DecodeSettings:
     null_threshold: float = 0.0  # v2: answer "" when null_score - best_span_score > threshold
     version_2: bool = False
     use_max_context: bool = True
+    align_to_words: bool = True  # widen spans to the words they touch
+    merge_same_text: bool = True  # one answer per distinct text, probability summed over its spans
+
+    @property
+    def pool(self) -> int:
+        """Candidates per example before merging: at least 20, so the best answer never depends on n_best."""
+        return max(self.n_best, MERGE_POOL) if self.merge_same_text else self.n_best
+
+
+MERGE_POOL = 20
 
 
 @dataclass
@@ -40,6 +54,10 @@ class SpanCandidates:
     score: np.ndarray
     null_score: np.ndarray  # (E,) min over windows of start_logit[CLS] + end_logit[CLS]
 
+    def first(self, k: int) -> "SpanCandidates":
+        return SpanCandidates(self.window[:, :k], self.start_token[:, :k], self.end_token[:, :k],
+                              self.score[:, :k], self.null_score)
+
 
 @dataclass(slots=True)
 class Answer:
@@ -49,7 +67,7 @@ class Answer:
     start: int
     end: int
     score: float  # probability (softmax over the n-best, and the null answer for v2)
-    logit: float  # start_logit + end_logit
+    logit: float  # start_logit + end_logit (log-sum-exp over the spans merged into this answer)
 
 
 class Prediction:
@@ -211,13 +229,76 @@ def _merge_per_example(score: np.ndarray, start: np.ndarray, end: np.ndarray, ex
     return out
 
 
+def _align_to_words(cand: SpanCandidates, word_start: np.ndarray, is_context: np.ndarray) -> None:
+    """Move each span's start back to its word's first token and its end on to its word's last token."""
+    word_start = np.asarray(word_start)
+    n_windows, length = word_start.shape
+    pos = np.arange(length)
+    first_of_word = np.maximum.accumulate(np.where(word_start, pos, 0), axis=1)
+    # next_break[w, t]: the first token > t that starts a word or is not context (length if none)
+    breaks = np.where(word_start | ~is_context, pos, length)
+    next_break = np.minimum.accumulate(breaks[:, ::-1], axis=1)[:, ::-1]
+    next_break = np.concatenate([next_break[:, 1:], np.full((n_windows, 1), length)], axis=1)
+    w = cand.window
+    cand.start_token = first_of_word[w, cand.start_token]
+    cand.end_token = next_break[w, cand.end_token] - 1
+
+
+def _merge_same_text(cand: SpanCandidates, input_ids: np.ndarray) -> None:
+    """Candidates of an example with the same token sequence (the same text) become one answer, held
+    by the best of them, with logit = logsumexp of theirs (probability = sum); then rank again.
+
+    Vectorized over (E, K, K) pairs: only pairs with equal length and equal first and last token
+    have their token sequences compared.
+    """
+    score = cand.score
+    n, k = score.shape
+    valid = np.isfinite(score)
+    span_len = np.where(valid, cand.end_token - cand.start_token + 1, 0)
+    first = np.asarray(input_ids[cand.window, cand.start_token])
+    last = np.asarray(input_ids[cand.window, cand.end_token])
+
+    def pairs(a: np.ndarray) -> np.ndarray:
+        return a[:, :, None] == a[:, None, :]
+
+    maybe = pairs(span_len) & pairs(first) & pairs(last) & valid[:, :, None] & np.tri(k, k=-1, dtype=bool)
+    e, later, earlier = np.nonzero(maybe)  # candidate `later` may repeat the better `earlier`
+    same = np.zeros((n, k, k), dtype=bool)
+    if len(e):
+        offsets = np.arange(span_len[e, later].max())
+        length = input_ids.shape[1]
+
+        def tokens(j: np.ndarray) -> np.ndarray:
+            at = np.minimum(cand.start_token[e, j][:, None] + offsets, length - 1)
+            return np.asarray(input_ids[cand.window[e, j][:, None], at])
+
+        equal = ((tokens(later) == tokens(earlier)) | (offsets >= span_len[e, later][:, None])).all(axis=1)
+        same[e[equal], later[equal], earlier[equal]] = True
+    holder = np.where(same.any(axis=2), same.argmax(axis=2), np.arange(k))  # the best span with this text
+    top = np.where(valid[:, :1], score[:, :1], 0.0).astype(np.float64)
+    weight = np.where(valid, np.exp(score - top), 0.0)
+    total = (weight[:, :, None] * (holder[:, :, None] == np.arange(k))).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        merged = np.where(total > 0, np.log(total) + top, -np.inf).astype(np.float32)
+    order = np.argsort(-merged, axis=1, kind="stable")
+    rows = np.arange(n)[:, None]
+    cand.window, cand.start_token, cand.end_token = (a[rows, order] for a in (cand.window, cand.start_token,
+                                                                               cand.end_token))
+    cand.score = merged[rows, order]
+
+
 def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarray, end_logits: np.ndarray,
            settings: DecodeSettings = DecodeSettings()) -> list[Prediction]:
     """Predictions for `examples` from the logits of their `windows` (windows.example_index indexes examples)."""
     cand = best_spans(start_logits, end_logits, windows.offsets,
                       windows.max_context if settings.use_max_context else None,
                       windows.example_index, windows.cls_index, len(examples),
-                      settings.n_best, settings.max_answer_length)
+                      settings.pool, settings.max_answer_length)
+    if settings.align_to_words and windows.word_start is not None:
+        _align_to_words(cand, windows.word_start, np.asarray(windows.offsets)[..., 1] >= 0)
+    if settings.merge_same_text:
+        _merge_same_text(cand, windows.input_ids)
+    cand = cand.first(settings.n_best)
     count = np.isfinite(cand.score).sum(axis=1)
     logit = cand.score.astype(np.float64)
     null = cand.null_score.astype(np.float64)

@@ -8,7 +8,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 
 
 class _Bar:
-    def __init__(self, description: str, total: int, enabled: bool, unit: str):
+    def __init__(self, description: str, total: int | None, enabled: bool, unit: str):
         self.progress = None
         if enabled:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -32,6 +32,6 @@ class _Bar:
             self.progress = None
 
 
-def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "it") -> _Bar:
+def progress_bar(description: str, total: int | None, enabled: bool = True, unit: str = "it") -> _Bar:
     """A started progress bar; call `advance(n)` and finally `close()`."""
     return _Bar(description, total, enabled, unit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig, default_data_file
-from .data import DataError, Dataset, Example, load_dataset
+from .data import DataError, Dataset, Example, ExampleStream, load_dataset
 from .decode import DecodeSettings, decode
 from .evaluate import write_predictions, score_examples, calibrate_threshold
 from .io import atomic_write_json, read_json
 from .models import load_qa_model, load_tokenizer
 from .progress import progress_bar
 from .reader import SETTINGS_FILE, ReaderSettings, compute_logits, model_inputs
-from .windows import Windows, cached_windows, check_settings
+from .windows import Windows, cached_windows, check_settings, streamed_windows
 
 CHECKPOINTS = "checkpoints"
 
@@ -41,36 +41,52 @@ class TrainState:
     elapsed: float = 0.0
 
 
-def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """Load and validate train/dev data; clear errors before any training starts."""
-    train = load_dataset(config.train_file or default_data_file("train"))
-    if config.valid_split > 0:
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(len(train.examples))
-        n_dev = max(1, int(len(order) * config.valid_split))
-        dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
-        dev = Dataset(train.source + f" (held out {config.valid_split:.0%})",
-                      [train.examples[i] for i in dev_idx], train.version_2)
-        train = Dataset(train.source, [train.examples[i] for i in train_idx], train.version_2)
-    else:
+def prepare_data(config: TrainConfig) -> tuple[Dataset | ExampleStream, Dataset]:
+    """The training data and the validated dev set; clear errors before any training starts.
+
+    A local training file stays a stream, read and validated while its windows are built (memory does
+    not grow with it); it is held in memory only to be split (`valid_split`), extended with hard
+    negatives, or when it comes from the hub.
+    """
+    train_file = config.train_file or default_data_file("train")
+    stream = ExampleStream(train_file)
+    train: Dataset | ExampleStream = stream
+    dev: Dataset | None = None
+    if stream.path is None or config.valid_split > 0 or config.negatives:
+        train = load_dataset(train_file)
+        if config.valid_split > 0:
+            train, dev = _hold_out(train, config.valid_split, config.seed)
+        if config.max_train_samples:
+            train.examples = train.examples[:config.max_train_samples]
+        _check_training_set(train.source, len(train.examples), sum(not e.has_answer for e in train.examples), config)
+        if config.negatives:
+            from .collection import hard_negatives
+
+            train.examples = train.examples + hard_negatives(train.examples, config.negatives)
+    if dev is None:
         dev = load_dataset(config.dev_file or default_data_file("dev"), split="validation")
-    if config.max_train_samples:
-        train.examples = train.examples[:config.max_train_samples]
     if config.max_eval_samples:
         dev.examples = dev.examples[:config.max_eval_samples]
-    if not train.examples:
-        raise DataError(f"{train.source}: the training set is empty")
-    if config.negatives:
-        from .collection import hard_negatives
-
-        train.examples = train.examples + hard_negatives(train.examples, config.negatives)
-    unanswerable = sum(not e.has_answer for e in train.examples)
-    if unanswerable and not config.version_2:
-        raise DataError(f"{train.source}: {unanswerable} unanswerable questions; pass --version-2 to train with them")
     if not any(e.has_answer for e in dev.examples):
         raise DataError(f"{dev.source}: the dev set has no answers to score against "
                         "(use `spanqa predict` for data without answers)")
     return train, dev
+
+
+def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    order = np.random.default_rng(seed).permutation(len(train.examples))
+    n_dev = max(1, int(len(order) * fraction))
+    dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    return (Dataset(train.source, [train.examples[i] for i in train_idx], train.version_2),
+            Dataset(train.source + f" (held out {fraction:.0%})", [train.examples[i] for i in dev_idx],
+                    train.version_2))
+
+
+def _check_training_set(source: str, examples: int, unanswerable: int, config: TrainConfig) -> None:
+    if not examples:
+        raise DataError(f"{source}: the training set is empty")
+    if unanswerable and not config.version_2:
+        raise DataError(f"{source}: {unanswerable} unanswerable questions; pass --version-2 to train with them")
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -101,7 +117,7 @@ def train(config: TrainConfig, on_step: Callable[[int], None] | None = None) -> 
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     with accelerator.main_process_first():
-        train_w = _windows("train windows", train_set.examples, tokenizer, config, is_main)
+        train_w = _train_windows(train_set, tokenizer, config, is_main)
         dev_w = _windows("dev windows", dev_set.examples, tokenizer, config, is_main)
 
     set_seed(config.seed)
@@ -210,6 +226,19 @@ def _windows(label: str, examples: list[Example], tokenizer, config: TrainConfig
         return cached_windows(examples, tokenizer, config.windows, on_batch=bar.advance)
     finally:
         bar.close()
+
+
+def _train_windows(train: Dataset | ExampleStream, tokenizer, config: TrainConfig, show: bool) -> Windows:
+    if isinstance(train, Dataset):
+        return _windows("train windows", train.examples, tokenizer, config, show)
+    limit = config.max_train_samples or None
+    bar = progress_bar(f"train windows ({train.source})", limit, enabled=show, unit="q")
+    try:
+        windows, held = streamed_windows(train, tokenizer, config.windows, limit, on_batch=bar.advance)
+    finally:
+        bar.close()
+    _check_training_set(train.source, held["examples"], held["unanswerable"], config)
+    return windows
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -344,7 +373,7 @@ def _finish(model, tokenizer, dev_set: Dataset, dev_w: Windows, config: TrainCon
     decoding = config.decoding
     if config.version_2:
         threshold, calibrated = calibrate_threshold(dev_set.examples, preds)
-        decoding = DecodeSettings(decoding.n_best, decoding.max_answer_length, threshold, True)
+        decoding = replace(decoding, null_threshold=threshold)
         metrics.update(calibrated)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -18,13 +18,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import Example
+from .data import Example, ExampleStream, raise_problems
 
-CACHE_FORMAT = 1  # bump when the cached layout or labelling changes
+CACHE_FORMAT = 2  # bump when the cached layout or labelling changes
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Windows:
     start_positions: np.ndarray  # (N,) int32 label, cls_index when no answer in the window
     end_positions: np.ndarray    # (N,) int32
     cls_index: np.ndarray        # (N,) int32 position of the CLS token
+    word_start: np.ndarray | None = None  # (N, L) bool: a context token that begins a word (or the window's context)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -80,14 +82,15 @@ def check_settings(tokenizer, settings: WindowSettings, model_max_positions: int
                           f"({room} = max_seq_length - max_query_length - special tokens)")
 
 
-def iter_windows(examples: Sequence[Example], tokenizer, settings: WindowSettings,
+def iter_windows(examples: Iterable[Example], tokenizer, settings: WindowSettings,
                  batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> Iterator[Windows]:
     """Yield `Windows` for `examples`, `batch_size` examples at a time (bounded memory)."""
     check_settings(tokenizer, settings)
     encoder = _WindowEncoder(tokenizer, settings)
-    for lo in range(0, len(examples), batch_size):
-        batch = examples[lo:lo + batch_size]
-        yield encoder(batch, lo)
+    examples, done = iter(examples), 0
+    while batch := list(islice(examples, batch_size)):
+        yield encoder(batch, done)
+        done += len(batch)
         if on_batch:
             on_batch(len(batch))
 
@@ -157,6 +160,7 @@ class _WindowEncoder:
         c_enc = self.backend.encode_batch(contexts, add_special_tokens=False)
         c_ids = [np.array(e.ids, dtype=np.int32) for e in c_enc]
         c_offsets = [np.array(e.offsets, dtype=np.int32).reshape(-1, 2) for e in c_enc]
+        c_word_start = [_word_starts(e.word_ids) for e in c_enc]
         q_ids = [e.ids[:self.settings.max_query_length] for e in
                  self.backend.encode_batch([e.question.lstrip() for e in batch], add_special_tokens=False)]
 
@@ -171,9 +175,9 @@ class _WindowEncoder:
                 if start + room >= n_ctx:
                     break
                 start += room - stride
-        return self._assemble(batch, plan, c_ids, c_offsets, first_index)
+        return self._assemble(batch, plan, c_ids, c_offsets, c_word_start, first_index)
 
-    def _assemble(self, batch, plan, c_ids, c_offsets, first_index: int) -> Windows:
+    def _assemble(self, batch, plan, c_ids, c_offsets, c_word_start, first_index: int) -> Windows:
         length, t = self.settings.max_seq_length, self.template
         n = len(plan)
         input_ids = np.full((n, length), self.pad_id, dtype=np.int32)
@@ -181,6 +185,7 @@ class _WindowEncoder:
         attention = np.zeros((n, length), dtype=np.int8)
         offsets = np.full((n, length, 2), -1, dtype=np.int32)
         is_context = np.zeros((n, length), dtype=bool)
+        word_start = np.zeros((n, length), dtype=bool)
         sample = np.empty(n, dtype=np.int64)
         for r, (i, q, c, a, b) in enumerate(plan):
             ctx = c_ids[c][a:b]
@@ -197,6 +202,8 @@ class _WindowEncoder:
             c_at = pos + sizes[0] + (sizes[1] + sizes[2] if self.pad_right else 0)
             offsets[r, c_at:c_at + len(ctx)] = c_offsets[c][a:b]
             is_context[r, c_at:c_at + len(ctx)] = True
+            word_start[r, c_at:c_at + len(ctx)] = c_word_start[c][a:b]
+            word_start[r, c_at] = len(ctx) > 0  # a word cut by the window edge starts here
             sample[r] = i
         cls_index = _cls_positions(input_ids, self.tokenizer)
         starts, ends = _labels(batch, sample, offsets, is_context, cls_index)
@@ -204,7 +211,13 @@ class _WindowEncoder:
                        token_type_ids=type_ids if self.uses_token_types else None, offsets=offsets,
                        max_context=_max_context(sample, offsets, is_context),
                        example_index=(sample + first_index).astype(np.int32),
-                       start_positions=starts, end_positions=ends, cls_index=cls_index)
+                       start_positions=starts, end_positions=ends, cls_index=cls_index, word_start=word_start)
+
+
+def _word_starts(word_ids: list[int | None]) -> np.ndarray:
+    """True at each token whose word (the tokenizer's pre-tokenized word) differs from the previous token's."""
+    ids = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
+    return np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, dtype=bool)
 
 
 def _type_repeats(sizes: list[int]) -> list[int]:
@@ -295,10 +308,8 @@ def cached_windows(examples: Sequence[Example], tokenizer, settings: WindowSetti
                    cache_dir: str | Path | None = None, batch_size: int = 1000,
                    on_batch: Callable[[int], None] | None = None) -> Windows:
     """Memory-mapped windows of `examples`, built once and reused while data/tokenizer/settings match."""
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT, fingerprint_examples(examples),
-                                     fingerprint_tokenizer(tokenizer), asdict(settings)]).encode()).hexdigest()[:24]
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = root / key
+    final = _cache_folder(cache_dir, [fingerprint_examples(examples), fingerprint_tokenizer(tokenizer),
+                                      asdict(settings)])
     if not (final / "meta.json").exists():
         _write_cache(final, iter_windows(examples, tokenizer, settings, batch_size, on_batch))
     elif on_batch:
@@ -306,7 +317,45 @@ def cached_windows(examples: Sequence[Example], tokenizer, settings: WindowSetti
     return _open_cache(final)
 
 
-def _write_cache(final: Path, batches: Iterator[Windows]) -> None:
+def streamed_windows(stream: ExampleStream, tokenizer, settings: WindowSettings, limit: int | None = None,
+                     cache_dir: str | Path | None = None, batch_size: int = 1000,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[Windows, dict[str, Any]]:
+    """Windows of a data file's first `limit` (default: all) valid examples, and what the file held
+    (`examples`, `unanswerable`, `version_2`).
+
+    The file is read, validated and windowed one batch at a time, so memory does not grow with its
+    size; the windows are cached under the file's bytes + loader options + tokenizer + settings. A file
+    with problems raises `DataError` and caches nothing.
+    """
+    final = _cache_folder(cache_dir, [_file_sha256(stream.path), stream.check.fix_offsets,
+                                      stream.check.require_answers, limit, fingerprint_tokenizer(tokenizer),
+                                      asdict(settings)])
+    if not (final / "meta.json").exists():
+        def summary() -> dict[str, Any]:
+            raise_problems(stream.source, stream.problems)
+            return {"examples": stream.count, "unanswerable": stream.unanswerable, "version_2": stream.version_2}
+
+        _write_cache(final, iter_windows(islice(stream, limit), tokenizer, settings, batch_size, on_batch), summary)
+    meta = json.loads((final / "meta.json").read_text())
+    return _open_cache(final), meta["summary"]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_folder(cache_dir: str | Path | None, identity: list) -> Path:
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, *identity]).encode()).hexdigest()[:24]
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / key
+
+
+def _write_cache(final: Path, batches: Iterator[Windows], summary: Callable[[], dict] | None = None) -> None:
+    """Write the batches to `final` atomically; `summary()`, called once they are all written, may
+    raise to abandon the cache or return what to record with it."""
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -324,6 +373,11 @@ def _write_cache(final: Path, batches: Iterator[Windows]) -> None:
                     meta["shapes"][f.name] = list(arr.shape[1:])
                 files[f.name].write(np.ascontiguousarray(arr).tobytes())
             meta["n"] += len(w)
+        if summary:
+            meta["summary"] = summary()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         for fh in files.values():
             fh.close()
