@@ -94,8 +94,10 @@ def main() -> None:
     rows = {}
 
     def record(name: str, seconds: float, predictions: dict) -> None:
-        rows[name] = {"questions_per_s": len(examples) / seconds, "seconds": seconds,
-                      "f1": squad_v1(data, predictions)["f1"], "em": squad_v1(data, predictions)["exact_match"]}
+        scores = squad_v1(data, predictions)
+        rows[name] = {"questions_per_s": len(examples) / seconds, "seconds": seconds, "f1": scores["f1"],
+                      "em": scores["exact_match"],
+                      "same_answer_as_pipeline": sum(predictions[k] == v for k, v in peer["predictions"].items())}
         print(name, rows[name], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:

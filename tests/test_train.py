@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from conftest import write_people
@@ -76,6 +77,20 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, tiny_model):
     ha = json.loads((tmp_path / "a" / "out" / "history.json").read_text())
     hb = json.loads((tmp_path / "b" / "out" / "history.json").read_text())
     assert [h["step"] for h in ha if "training_loss" in h] == [h["step"] for h in hb if "training_loss" in h]
+
+
+def test_half_precision_checkpoints_train_with_fp32_weights(tmp_path, tiny_model):
+    """transformers 5 keeps a checkpoint's dtype by default; fp16 master weights would not train."""
+    from spanqa.models import load_qa_model
+
+    half = tmp_path / "half"
+    load_qa_model(str(tiny_model)).half().save_pretrained(half)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (half / f).write_bytes((tiny_model / f).read_bytes())
+    assert {p.dtype for p in load_qa_model(str(half)).parameters()} == {torch.float32}
+    metrics = train(tiny_config(tmp_path, half, max_steps=4, epochs=0))
+    assert np.isfinite(metrics["f1"])
+    assert {a.dtype for a in load_file(str(tmp_path / "out" / "model.safetensors")).values()} == {np.dtype("float32")}
 
 
 def test_epoch_batches_are_reproducible_and_cover_everything():

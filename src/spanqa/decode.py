@@ -229,19 +229,19 @@ def _merge_per_example(score: np.ndarray, start: np.ndarray, end: np.ndarray, ex
     return out
 
 
-def _align_to_words(cand: SpanCandidates, word_start: np.ndarray, is_context: np.ndarray) -> None:
-    """Move each span's start back to its word's first token and its end on to its word's last token."""
-    word_start = np.asarray(word_start)
-    n_windows, length = word_start.shape
-    pos = np.arange(length)
-    first_of_word = np.maximum.accumulate(np.where(word_start, pos, 0), axis=1)
-    # next_break[w, t]: the first token > t that starts a word or is not context (length if none)
-    breaks = np.where(word_start | ~is_context, pos, length)
-    next_break = np.minimum.accumulate(breaks[:, ::-1], axis=1)[:, ::-1]
-    next_break = np.concatenate([next_break[:, 1:], np.full((n_windows, 1), length)], axis=1)
-    w = cand.window
-    cand.start_token = first_of_word[w, cand.start_token]
-    cand.end_token = next_break[w, cand.end_token] - 1
+def _align_to_words(cand: SpanCandidates, word_start: np.ndarray, offsets: np.ndarray) -> None:
+    """Move each span's start back to its word's first token and its end on to its word's last token
+    (a few vectorized steps: as many as the longest word has pieces)."""
+    w, length = cand.window, word_start.shape[1]
+    start = cand.start_token.copy()
+    while (move := ~word_start[w, start] & (start > 0)).any():
+        start -= move
+    end = cand.end_token.copy()
+    nxt = np.minimum(end + 1, length - 1)
+    while (move := (end < length - 1) & (offsets[w, nxt, 1] >= 0) & ~word_start[w, nxt]).any():
+        end += move
+        nxt = np.minimum(end + 1, length - 1)
+    cand.start_token, cand.end_token = start, end
 
 
 def _merge_same_text(cand: SpanCandidates, input_ids: np.ndarray) -> None:
@@ -258,10 +258,9 @@ def _merge_same_text(cand: SpanCandidates, input_ids: np.ndarray) -> None:
     first = np.asarray(input_ids[cand.window, cand.start_token])
     last = np.asarray(input_ids[cand.window, cand.end_token])
 
-    def pairs(a: np.ndarray) -> np.ndarray:
-        return a[:, :, None] == a[:, None, :]
-
-    maybe = pairs(span_len) & pairs(first) & pairs(last) & valid[:, :, None] & np.tri(k, k=-1, dtype=bool)
+    vocab = int(max(first.max(initial=0), last.max(initial=0))) + 1
+    summary = (span_len.astype(np.int64) * vocab + first) * vocab + last  # equal text => equal summary
+    maybe = (summary[:, :, None] == summary[:, None, :]) & valid[:, :, None] & np.tri(k, k=-1, dtype=bool)
     e, later, earlier = np.nonzero(maybe)  # candidate `later` may repeat the better `earlier`
     same = np.zeros((n, k, k), dtype=bool)
     if len(e):
@@ -295,7 +294,7 @@ def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarr
                       windows.example_index, windows.cls_index, len(examples),
                       settings.pool, settings.max_answer_length)
     if settings.align_to_words and windows.word_start is not None:
-        _align_to_words(cand, windows.word_start, np.asarray(windows.offsets)[..., 1] >= 0)
+        _align_to_words(cand, np.asarray(windows.word_start), np.asarray(windows.offsets))
     if settings.merge_same_text:
         _merge_same_text(cand, windows.input_ids)
     cand = cand.first(settings.n_best)

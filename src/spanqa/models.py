@@ -65,8 +65,13 @@ def load_encoder(name_or_path: str | None, trust_remote_code: bool = False):
 
 
 def _load(auto_class, name_or_path: str | None, what: str, trust_remote_code: bool, **kwargs):
+    """fp32 weights unless `dtype` says otherwise: transformers 5 keeps a checkpoint's own dtype by
+    default, and fp16/bf16 weights would then be trained as such (mixed precision needs fp32 masters;
+    readers cast with autocast)."""
+    import torch
     from transformers.utils import logging as hf_logging
 
+    kwargs.setdefault("dtype", torch.float32)
     path = resolve_model(name_or_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a fresh QA head on an encoder is expected, not a warning
