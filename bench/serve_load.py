@@ -15,6 +15,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -77,7 +78,16 @@ def main() -> None:
         process = psutil.Process(server.pid)
         httpx.post(base + "/v1/answer", json=items[0], timeout=60)  # warm-up
         rss_before = process.memory_info().rss / 2**20
+        timeline, done = [], threading.Event()
+
+        def sample_rss() -> None:  # every 10 s: does memory level off?
+            while not done.wait(10):
+                timeline.append(round(process.memory_info().rss / 2**20, 1))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
         latencies, errors, elapsed = asyncio.run(load(base + "/v1/answer", items, args.clients, args.seconds))
+        done.set()
         rss_after = process.memory_info().rss / 2**20
     finally:
         server.terminate()
@@ -86,7 +96,8 @@ def main() -> None:
     result = {"model": args.model, "clients": args.clients, "seconds": elapsed, "requests": len(latencies),
               "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
               "p99_ms": float(np.percentile(ms, 99)), "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
-              "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_after}
+              "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_after,
+              "server_rss_mb_every_10s": timeline}
     print(json.dumps(result, indent=2))
     save_result("serve_load", result)
 

@@ -298,10 +298,11 @@ def _evaluate_into_history(accelerator, model, dev_set, dev_w, config, state, st
     """Evaluate on dev (main process), record it in the history; (step, predictions) for reuse."""
     evaluated = None
     if accelerator.is_main_process:
+        t0 = time.perf_counter()
         metrics, preds = evaluate_windows(accelerator.unwrap_model(model), dev_set.examples, dev_w, config.decoding,
                                           config.eval_batch_size, _autocast(accelerator))
-        state.history.append({"step": state.step, "epoch": state.epoch,
-                              "elapsed": time.perf_counter() - started, **metrics})
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": time.perf_counter() - started,
+                              "eval_seconds": time.perf_counter() - t0, **metrics})
         evaluated = (state.step, preds)
     model.train()
     accelerator.wait_for_everyone()
@@ -363,13 +364,17 @@ def _load_checkpoint(out: Path, model, optimizer, scheduler) -> TrainState | Non
 
 def _finish(model, tokenizer, dev_set: Dataset, dev_w: Windows, config: TrainConfig, state: TrainState,
             out: Path, evaluated: list | None = None) -> dict:
-    """Final dev metrics (reusing an evaluation of this very step), v2 calibration, and every output file."""
+    """Final dev metrics (reusing an evaluation of this very step), v2 calibration, and every output file;
+    returns what metrics.json holds."""
+    eval_seconds = sum(h.get("eval_seconds", 0.0) for h in state.history)  # evaluations inside state.elapsed
     if evaluated is None:
+        t0 = time.perf_counter()
         metrics, preds = evaluate_windows(model, dev_set.examples, dev_w, config.decoding, config.eval_batch_size)
-        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed, **metrics})
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed,
+                              "eval_seconds": time.perf_counter() - t0, **metrics})
     else:
         preds = evaluated
-        metrics = {k: v for k, v in state.history[-1].items() if k not in ("step", "epoch", "elapsed")}
+        metrics = {k: v for k, v in state.history[-1].items() if k not in ("step", "epoch", "elapsed", "eval_seconds")}
     decoding = config.decoding
     if config.version_2:
         threshold, calibrated = calibrate_threshold(dev_set.examples, preds)
@@ -381,10 +386,11 @@ def _finish(model, tokenizer, dev_set: Dataset, dev_w: Windows, config: TrainCon
                                             "training": config.to_dict(), "version_2": config.version_2})
     atomic_write_json(out / "history.json", state.history)
     write_predictions(out, preds, config.version_2)
-    atomic_write_json(out / "metrics.json", {**metrics, "train_seconds": state.elapsed, "steps": state.step,
-                                             "train_questions": config.max_train_samples})
+    summary = {**metrics, "train_seconds": state.elapsed, "eval_seconds_while_training": eval_seconds,
+               "steps": state.step, "train_questions": config.max_train_samples}
+    atomic_write_json(out / "metrics.json", summary)
     plot_learning_curve(state.history, out / "learning_curve.png")
-    return metrics
+    return summary
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:

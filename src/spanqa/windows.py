@@ -17,8 +17,8 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -50,7 +50,7 @@ class Windows:
     start_positions: np.ndarray  # (N,) int32 label, cls_index when no answer in the window
     end_positions: np.ndarray    # (N,) int32
     cls_index: np.ndarray        # (N,) int32 position of the CLS token
-    word_start: np.ndarray | None = None  # (N, L) bool: a context token that begins a word (or the window's context)
+    word_start: np.ndarray | None = None  # (N, L) bool: context token starting a word (or the window's context)
 
     def __len__(self) -> int:
         return len(self.input_ids)
