@@ -29,24 +29,25 @@ def data_check(file: str = typer.Argument(..., help="SQuAD .json/.json.gz, flat 
                write: Optional[Path] = typer.Option(None, help="With --fix-offsets: write the repaired data here (.jsonl)"),
                split: str = typer.Option("train", help="Split, for hub datasets")) -> None:
     """Validate a data file: exit 0 when valid, 1 listing every problem with its location."""
-    from .data import DataError, check_dataset, write_jsonl
+    from .data import DataError, ExampleStream, write_jsonl
 
     try:
-        ds = check_dataset(file, fix_offsets=fix_offsets, split=split)
+        stream = ExampleStream(file, fix_offsets=fix_offsets, split=split)
+        kept = [e for e in stream if write]  # streamed: only --write holds the questions
     except DataError as e:
         _fail(str(e), 1)
-    for r in ds.repairs:
+    for r in stream.repairs:
         console.print(f"[yellow]repaired[/] {r}", highlight=False)
-    for p in ds.problems:
+    for p in stream.problems:
         console.print(f"[red]problem[/] {p}", highlight=False)
-    kind = "SQuAD v2.0" if ds.version_2 else "SQuAD v1.1"
-    if ds.problems:
-        _fail(f"{file}: {len(ds.problems)} problem(s) in {kind} data", 1)
+    kind = "SQuAD v2.0" if stream.version_2 else "SQuAD v1.1"
+    if stream.problems:
+        _fail(f"{file}: {len(stream.problems)} problem(s) in {kind} data", 1)
     if write:
-        write_jsonl(ds.examples, write)
-        console.print(f"wrote {len(ds.examples)} records to {write}")
-    print(f"{file}: OK, {len(ds.examples)} questions ({kind}), "
-          f"{sum(e.has_answer for e in ds.examples)} answerable, {len(ds.repairs)} repair(s)")
+        write_jsonl(kept, write)
+        console.print(f"wrote {len(kept)} records to {write}")
+    print(f"{file}: OK, {stream.count} questions ({kind}), "
+          f"{stream.count - stream.unanswerable} answerable, {len(stream.repairs)} repair(s)")
 
 
 @data_app.command("stats")

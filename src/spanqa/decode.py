@@ -37,7 +37,8 @@ class DecodeSettings:
 
     @property
     def pool(self) -> int:
-        """Candidates per example before merging: at least 20, so the best answer never depends on n_best."""
+        """Candidates per example before merging: at least 20, so that asking for fewer answers (top_k)
+        never changes the best one."""
         return max(self.n_best, MERGE_POOL) if self.merge_same_text else self.n_best
 
 

@@ -117,7 +117,6 @@ class MicroBatcher:
                 future.set_result([a[:top_k] for a in answers[at:at + len(job_pairs)]])
             at += len(job_pairs)
 
-
     def _answer_many_and_trim(self, pairs: list[tuple[str, str]], top_k: int) -> list[list[Answer]]:
         try:
             return self.answer_many(pairs, top_k)
