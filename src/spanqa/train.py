@@ -232,7 +232,7 @@ def _train_windows(train: Dataset | ExampleStream, tokenizer, config: TrainConfi
     if isinstance(train, Dataset):
         return _windows("train windows", train.examples, tokenizer, config, show)
     limit = config.max_train_samples or None
-    bar = progress_bar(f"train windows ({train.source})", limit, enabled=show, unit="q")
+    bar = progress_bar(f"train windows ({Path(train.source).name})", limit, enabled=show, unit="q")
     try:
         windows, held = streamed_windows(train, tokenizer, config.windows, limit, on_batch=bar.advance)
     finally:
