@@ -108,6 +108,8 @@ def main() -> None:
         record("e_reader_torch_bf16_autocast", *run_ours(args.model, examples, "bf16"))
         record("b_reader_onnx_fp32", *run_ours(str(export_onnx(args.model, tmp / "onnx")), examples))
         record("c_reader_onnx_int8", *run_ours(str(export_onnx(args.model, tmp / "int8", int8=True)), examples))
+        record("c2_reader_onnx_int8_everywhere",
+               *run_ours(str(export_onnx(args.model, tmp / "int8-all", int8=True, int8_everywhere=True)), examples))
     base = rows["d_transformers4_pipeline"]
     for row in rows.values():
         row["speedup_vs_pipeline"] = row["questions_per_s"] / base["questions_per_s"]

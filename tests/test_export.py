@@ -28,3 +28,14 @@ def test_onnx_reader_matches_torch_and_int8_answers(tiny_model, tmp_path):
     assert (tmp_path / "int8" / "model.onnx").stat().st_size < (tmp_path / "onnx" / "model.onnx").stat().st_size
     for (question, context), answers in zip(PAIRS, int8.answer_many(PAIRS, top_k=2)):
         assert answers and all(context[a.start:a.end] == a.text for a in answers)
+    # the feed-forward output projections stay fp32 unless asked; everything else is int8
+    fp32_matmuls = {n.name for n in _graph(tmp_path / "int8").node if n.op_type == "MatMul"}
+    assert fp32_matmuls == {f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(2)}
+    export_onnx(folder, tmp_path / "int8-all", int8=True, int8_everywhere=True)
+    assert not any(n.op_type == "MatMul" for n in _graph(tmp_path / "int8-all").node)
+
+
+def _graph(folder):
+    import onnx
+
+    return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph

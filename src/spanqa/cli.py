@@ -373,14 +373,17 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONN
 def export_cmd(model: str = typer.Argument(..., help="Reader folder or QA model id"),
                out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-onnx or MODEL-int8)"),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX Runtime (the one format for now)"),
-               int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the weights")) -> None:
+               int8: bool = typer.Option(False, "--int8", help="Dynamic int8 weights (feed-forward outputs stay fp32)"),
+               int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
+                                                    help="int8 for every MatMul (faster, less exact)")) -> None:
     """An ONNX Runtime copy of a reader that `Reader.load`, ask, chat and serve run transparently."""
     from .export import export_onnx
 
     if not onnx:
         _fail("say which format: --onnx (the one supported now)")
+    int8 = int8 or int8_everywhere
     target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
-    path = export_onnx(model, target, int8=int8)
+    path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
     print(f"wrote {path}; try: spanqa ask {path} -q QUESTION -c TEXT")
 
 
