@@ -330,14 +330,17 @@ def streamed_windows(stream: ExampleStream, tokenizer, settings: WindowSettings,
     final = _cache_folder(cache_dir, [_file_sha256(stream.path), stream.check.fix_offsets,
                                       stream.check.require_answers, limit, fingerprint_tokenizer(tokenizer),
                                       asdict(settings)])
-    if not (final / "meta.json").exists():
+    built = not (final / "meta.json").exists()
+    if built:
         def summary() -> dict[str, Any]:
             raise_problems(stream.source, stream.problems)
             return {"examples": stream.count, "unanswerable": stream.unanswerable, "version_2": stream.version_2}
 
         _write_cache(final, iter_windows(islice(stream, limit), tokenizer, settings, batch_size, on_batch), summary)
-    meta = json.loads((final / "meta.json").read_text())
-    return _open_cache(final), meta["summary"]
+    held = json.loads((final / "meta.json").read_text())["summary"]
+    if on_batch and not built:
+        on_batch(held["examples"])
+    return _open_cache(final), held
 
 
 def _file_sha256(path: Path) -> str:
