@@ -69,6 +69,7 @@ def run_hf(folder: Path, out: Path, bf16: bool, smoke: bool, epochs: float | Non
     from preprocess import prepare_train_features_factory
     from spanqa.data import load_dataset
     from spanqa.decode import DecodeSettings
+    from spanqa.evaluate import score_examples
     from spanqa.models import load_qa_model, load_tokenizer
     from spanqa.reader import Reader
     from spanqa.windows import WindowSettings
@@ -90,8 +91,6 @@ def run_hf(folder: Path, out: Path, bf16: bool, smoke: bool, epochs: float | Non
     dev = load_dataset(folder / "dev.jsonl.gz").examples[:SMOKE["max_eval_samples"] if smoke else None]
     run_qa_decoding = DecodeSettings(n_best=20, max_answer_length=30, use_max_context=False, align_to_words=False,
                                      merge_same_text=False)
-    from spanqa.evaluate import score_examples
-
     scores = score_examples(dev, reader.predict(dev, run_qa_decoding))
     return {"recipe": "run_qa defaults" + (" + bf16" if bf16 else ""), "train_seconds": result.metrics["train_runtime"],
             "steps": result.global_step, "batch_size": 12, "precision": "bf16" if bf16 else "fp32",

@@ -290,12 +290,13 @@ def _merge_same_text(cand: SpanCandidates, input_ids: np.ndarray) -> None:
 def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarray, end_logits: np.ndarray,
            settings: DecodeSettings = DecodeSettings()) -> list[Prediction]:
     """Predictions for `examples` from the logits of their `windows` (windows.example_index indexes examples)."""
-    cand = best_spans(start_logits, end_logits, windows.offsets,
+    offsets = np.asarray(windows.offsets)
+    cand = best_spans(start_logits, end_logits, offsets,
                       windows.max_context if settings.use_max_context else None,
                       windows.example_index, windows.cls_index, len(examples),
                       settings.pool, settings.max_answer_length)
     if settings.align_to_words and windows.word_start is not None:
-        _align_to_words(cand, np.asarray(windows.word_start), np.asarray(windows.offsets))
+        _align_to_words(cand, np.asarray(windows.word_start), offsets)
     if settings.merge_same_text:
         _merge_same_text(cand, windows.input_ids)
     cand = cand.first(settings.n_best)
@@ -308,7 +309,6 @@ def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarr
     top = np.max(np.where(finite, pool, -np.inf), axis=1, keepdims=True)
     weights = np.where(finite, np.exp(pool - np.where(np.isfinite(top), top, 0.0)), 0.0)
     probability = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
-    offsets = np.asarray(windows.offsets)
     null_odds = np.where(count > 0, null - logit[:, 0], -np.inf)
     spans = _Spans(char_start=offsets[cand.window, cand.start_token, 0],
                    char_end=offsets[cand.window, cand.end_token, 1], logit=logit,

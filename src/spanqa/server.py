@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -134,13 +133,12 @@ def _release_free_heap() -> None:
     once a second, kept a reader loop flat at ~480 MB at no measurable cost (a fixed 1 MB mmap
     threshold also kept it flat but read 13% slower).
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):
-    _LIBC = None
+# the process's own symbols (dlopen(NULL)): no library search at import
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 class BodyLimit:
