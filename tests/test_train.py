@@ -21,7 +21,7 @@ def tiny_config(tmp_path, model, **kw) -> TrainConfig:
                 dev_file=str(write_people(tmp_path / "dev.json", 6, offset=100)),
                 output_dir=str(tmp_path / "out"), max_seq_length=64, doc_stride=16, max_query_length=16,
                 batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, epochs=3, log_steps=1, save_steps=4,
-                eval_batch_size=16)
+                eval_batch_size=16, precision="fp32")  # pinned numbers must not depend on the CPU's bf16
     base.update(kw)
     return TrainConfig(**base)
 
@@ -91,6 +91,19 @@ def test_half_precision_checkpoints_train_with_fp32_weights(tmp_path, tiny_model
     metrics = train(tiny_config(tmp_path, half, max_steps=4, epochs=0))
     assert np.isfinite(metrics["f1"])
     assert {a.dtype for a in load_file(str(tmp_path / "out" / "model.safetensors")).values()} == {np.dtype("float32")}
+
+
+def test_bf16_autocast_on_cpu_trains_like_fp32_with_fp32_weights(tmp_path, tiny_model):
+    def losses(name, precision):
+        train(tiny_config(tmp_path / name, tiny_model, max_steps=6, precision=precision))
+        history = json.loads((tmp_path / name / "out" / "history.json").read_text())
+        return np.array([h["training_loss"] for h in history if "training_loss" in h])
+
+    fp32, bf16 = losses("fp32", "fp32"), losses("bf16", "bf16")
+    assert not np.array_equal(fp32, bf16)  # bf16 matmuls really ran
+    np.testing.assert_allclose(bf16, fp32, rtol=0.02)
+    weights = load_file(str(tmp_path / "bf16" / "out" / "model.safetensors")).values()
+    assert {a.dtype for a in weights} == {np.dtype("float32")}
 
 
 def test_epoch_batches_are_reproducible_and_cover_everything():

@@ -132,7 +132,8 @@ def train_cmd(
     weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
     max_seq_length: Optional[int] = None, doc_stride: Optional[int] = None, max_query_length: Optional[int] = None,
     seed: Optional[int] = None,
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have "
+                                            "it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)"),
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),

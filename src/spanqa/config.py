@@ -43,7 +43,7 @@ class TrainConfig:
     max_answer_length: int = 30
     n_best: int = 20
     seed: int = 42
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16
+    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (auto: bf16 where the GPU or CPU has it)
     save_steps: int = 500
     eval_steps: int = 0                # 0: evaluate at the end of each epoch
     eval_batch_size: int = 64
