@@ -29,6 +29,12 @@ def test_packaged_encoder_trains_evaluates_and_answers(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= metrics["f1"] <= 100 and (tmp_path / "ev" / "predictions.json").exists()
+    result = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "dev.json"), "--output-dir", str(tmp_path / "ev16"),
+                                 "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    bf16 = json.loads((tmp_path / "ev16" / "metrics.json").read_text())
+    assert bf16["valid_loss"] != metrics["valid_loss"]  # autocast really ran, and changed little:
+    assert bf16["valid_loss"] == pytest.approx(metrics["valid_loss"], rel=0.05)
 
     context = "Bruno was born in Oslo in 1913. Later Bruno worked as a pilot for many years."
     result = runner.invoke(app, ["ask", str(out), "-q", "Where was Bruno born?", "-c", context, "--json", "--top-k", "3"])

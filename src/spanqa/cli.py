@@ -16,6 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Check and describe SQuAD-style data files.")
 app.add_typer(data_app, name="data")
 console = Console(stderr=True, soft_wrap=True)
+PRECISION_HELP = "fp32, or bf16 autocast for torch models (~1.5x faster on CPUs with AVX512-BF16/AMX)"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -180,12 +181,13 @@ def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extract
                  output_dir: Optional[Path] = typer.Option(None, help="Write predictions and metrics here (default: MODEL/eval)"),
                  calibrate: bool = typer.Option(False, "--calibrate", help="v2: store the best null threshold in MODEL/spanqa.json"),
                  batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
-                 max_samples: Optional[int] = None) -> None:
+                 max_samples: Optional[int] = None,
+                 precision: str = typer.Option("fp32", help=PRECISION_HELP)) -> None:
     """Run a reader over a dataset and score it with the official metrics."""
     from .evaluate import evaluate_reader
 
     try:
-        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples)
+        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples, precision)
     except ValueError as e:
         _fail(str(e))
     print(json.dumps(metrics, indent=2))
@@ -195,12 +197,13 @@ def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extract
 def predict_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
                 data: str = typer.Argument(..., help="Questions and contexts (answers optional)"),
                 out: Path = typer.Option(Path("predictions.json"), help="Official-format predictions file"),
-                batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU")) -> None:
+                batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
+                precision: str = typer.Option("fp32", help=PRECISION_HELP)) -> None:
     """Answer every question of a dataset: predictions.json plus n-best and null odds beside it."""
     from .evaluate import predict_dataset
 
     try:
-        n = predict_dataset(model, data, out, batch_size)
+        n = predict_dataset(model, data, out, batch_size, precision)
     except ValueError as e:
         _fail(str(e))
     print(f"wrote {n} predictions to {out}")
@@ -359,7 +362,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONN
               max_context_chars: int = typer.Option(100_000, help="Longer contexts get 422"),
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
               timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
-              precision: str = typer.Option("fp32", help="fp32 or bf16 (torch models)"),
+              precision: str = typer.Option("fp32", help=PRECISION_HELP),
               index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index")) -> None:
     """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /."""
     from .reader import Reader

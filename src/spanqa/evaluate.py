@@ -54,7 +54,7 @@ def write_predictions(folder: str | Path, predictions: Sequence[Prediction], ver
 
 
 def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None, calibrate: bool = False,
-                    batch_size: int | None = None, max_samples: int | None = None) -> dict:
+                    batch_size: int | None = None, max_samples: int | None = None, precision: str = "fp32") -> dict:
     """Predictions and official metrics of a reader on labelled data; v2 `calibrate` stores the threshold."""
     import json
 
@@ -69,13 +69,14 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     examples = dataset.examples[:max_samples] if max_samples else dataset.examples
     if not any(e.has_answer for e in examples):
         raise DataError(f"{data}: no answers to score against; use `spanqa predict`")
-    reader = Reader.load(model, batch_size=batch_size)
+    reader = Reader.load(model, batch_size=batch_size, precision=precision)
     windows = build_windows(examples, reader.tokenizer, reader.settings.windows)
     version_2 = dataset.version_2 or reader.settings.decoding.version_2
     decoding = reader.settings.decoding
     if version_2 and not decoding.version_2:
         decoding = replace(decoding, version_2=True)
-    metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, reader.batch_size)
+    metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, reader.batch_size,
+                                      reader.autocast_dtype)
     out = Path(output_dir) if output_dir else Path(reader.path) / "eval"
     if calibrate and version_2:
         threshold, calibrated = calibrate_threshold(examples, preds)
@@ -91,13 +92,14 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     return metrics
 
 
-def predict_dataset(model: str, data: str, out: str | Path, batch_size: int | None = None) -> int:
+def predict_dataset(model: str, data: str, out: str | Path, batch_size: int | None = None,
+                    precision: str = "fp32") -> int:
     """Answer every question of `data` (answers not needed); write the official predictions format."""
     from .data import load_dataset
     from .reader import Reader
 
     examples = load_dataset(data, split="validation", require_answers=False).examples
-    reader = Reader.load(model, batch_size=batch_size)
+    reader = Reader.load(model, batch_size=batch_size, precision=precision)
     preds = reader.predict(examples)
     out = Path(out)
     atomic_write_json(out, {p.id: p.text for p in preds})
