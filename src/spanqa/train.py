@@ -213,7 +213,7 @@ def _mixed_precision(precision: str) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 autocast trains ~1.3x faster (BENCHMARKS.md); elsewhere it is emulated."""
+    """AVX512-BF16 or AMX: bf16 autocast trains ~1.5x faster (BENCHMARKS.md); elsewhere it is emulated."""
     # torch exposes these CPU checks only as private helpers; a missing one means "no"
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported"))
