@@ -22,20 +22,27 @@ from common import SQUAD, save_result
 QUESTIONS, BATCH = 4000, 16
 
 
-def hf_trainer(steps: int, tmp: Path, bf16: bool) -> float:
+def hf_features(tmp: Path):
+    """The peer's training features: run_qa's prepare_train_features under datasets.map."""
     import datasets
-    import torch
-    from transformers import Trainer, TrainingArguments, default_data_collator
 
     from preprocess import prepare_train_features_factory
     from spanqa.data import load_dataset, write_jsonl
-    from spanqa.models import load_qa_model, load_tokenizer
+    from spanqa.models import load_tokenizer
 
     datasets.disable_progress_bars()
     write_jsonl(load_dataset(SQUAD / "train-v1.1.reconstructed.json.gz").examples[:QUESTIONS], tmp / "t.jsonl")
-    tokenizer = load_tokenizer(None)
     raw = datasets.load_dataset("json", data_files=str(tmp / "t.jsonl"), split="train", cache_dir=str(tmp / "hf"))
-    features = raw.map(prepare_train_features_factory(tokenizer), batched=True, remove_columns=raw.column_names)
+    return raw.map(prepare_train_features_factory(load_tokenizer(None)), batched=True,
+                   remove_columns=raw.column_names)
+
+
+def hf_trainer(steps: int, tmp: Path, features, bf16: bool) -> float:
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from spanqa.models import load_qa_model
+
     torch.manual_seed(0)
     args = TrainingArguments(output_dir=str(tmp / "hf_out"), per_device_train_batch_size=BATCH, max_steps=steps,
                              learning_rate=1e-4, report_to=[], save_strategy="no", logging_steps=steps,
@@ -63,10 +70,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rates = {"spanqa_fp32": ours(args.steps, Path(tmp), "fp32"),
-                 "spanqa_bf16": ours(args.steps, Path(tmp), "bf16"),
-                 "hf_trainer_fp32": hf_trainer(args.steps, Path(tmp), bf16=False),
-                 "hf_trainer_bf16": hf_trainer(args.steps, Path(tmp), bf16=True)}
+        tmp = Path(tmp)
+        features = hf_features(tmp)
+        rates = {"spanqa_fp32": ours(args.steps, tmp, "fp32"),
+                 "spanqa_bf16": ours(args.steps, tmp, "bf16"),
+                 "hf_trainer_fp32": hf_trainer(args.steps, tmp, features, bf16=False),
+                 "hf_trainer_bf16": hf_trainer(args.steps, tmp, features, bf16=True)}
     result = {"steps": args.steps, "batch": BATCH, "windows_per_s": rates,
               "x_hf_trainer_fp32": {k: v / rates["hf_trainer_fp32"] for k, v in rates.items()},
               "spanqa_bf16_x_hf_trainer_bf16": rates["spanqa_bf16"] / rates["hf_trainer_bf16"]}
