@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import SQUAD, save_result
 
 
@@ -78,7 +77,7 @@ def postprocess_qa_predictions(examples, features, all_start_logits, all_end_log
 
 
 def model_logits(model_dir: str, windows) -> tuple[np.ndarray, np.ndarray]:
-    from spanqa.reader import Reader
+    from spanqa.qa.reader import Reader
 
     reader = Reader.load(model_dir)
     return reader.logits(windows)
@@ -90,12 +89,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from spanqa.data import load_dataset
-    from spanqa.decode import DecodeSettings, decode
-    from spanqa.metrics import squad_v1
+    from spanqa.data.sources import read_json_file
     from spanqa.models import load_tokenizer
-    from spanqa.windows import WindowSettings, build_windows
-    from spanqa.data import read_json_file
+    from spanqa.qa.decode import DecodeSettings, decode
+    from spanqa.qa.metrics import squad_v1
+    from spanqa.qa.squad import load_dataset
+    from spanqa.qa.windows import WindowSettings, build_windows
 
     examples = load_dataset(SQUAD / "dev-v1.1.json.gz").examples
     tokenizer = load_tokenizer(None if not args.model else args.model)

@@ -19,8 +19,8 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=10_000)
     args = ap.parse_args()
 
-    from spanqa.data import read_json_file
-    from spanqa.index import Index
+    from spanqa.data.sources import read_json_file
+    from spanqa.retrieval.index import Index
 
     records = [{"id": f"{a['title']}#{p}", "title": a["title"], "text": para["context"]}
                for a in read_json_file(SQUAD / "train-v1.1.reconstructed.json.gz")["data"]

@@ -65,8 +65,8 @@ def run_peer(model: str, examples, tmp: Path) -> dict:
 
 
 def run_ours(path: str, examples, precision: str = "fp32") -> tuple[float, dict]:
-    from spanqa.reader import Reader
-    from spanqa.windows import WindowSettings
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.windows import WindowSettings
 
     reader = Reader.load(path, precision=precision)
     reader.settings.windows = WindowSettings(**WINDOWS)
@@ -84,10 +84,10 @@ def main() -> None:
 
     import torch
 
-    from spanqa.data import load_dataset
-    from spanqa.evaluate import as_squad_data
     from spanqa.export import export_onnx
-    from spanqa.metrics import squad_v1
+    from spanqa.qa.evaluate import as_squad_data
+    from spanqa.qa.metrics import squad_v1
+    from spanqa.qa.squad import load_dataset
 
     examples = load_dataset(SQUAD / "dev-v1.1.json.gz").examples[:args.questions]
     data = as_squad_data(examples)

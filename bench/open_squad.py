@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
-
 from common import ROOT, SQUAD, save_result
 
 DEV = SQUAD / "dev-v1.1.json.gz"
@@ -26,7 +25,7 @@ DEV = SQUAD / "dev-v1.1.json.gz"
 
 def gold_documents() -> list[tuple[str, str, str, list[str]]]:
     """(question id, question, gold doc id, gold answers) in file order; doc ids as spanqa.index names them."""
-    from spanqa.data import read_json_file
+    from spanqa.data.sources import read_json_file
 
     out = []
     for article in read_json_file(DEV)["data"]:
@@ -61,12 +60,12 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=5)
     args = ap.parse_args()
 
-    from spanqa.collection import ask_collection, ask_collection_many
-    from spanqa.data import load_dataset
-    from spanqa.evaluate import as_squad_data
-    from spanqa.index import Index
-    from spanqa.metrics import squad_v1
-    from spanqa.reader import Reader
+    from spanqa.qa.collection import ask_collection, ask_collection_many
+    from spanqa.qa.evaluate import as_squad_data
+    from spanqa.qa.metrics import squad_v1
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.squad import load_dataset
+    from spanqa.retrieval.index import Index
 
     rows = gold_documents()
     questions, gold = [r[1] for r in rows], [r[2] for r in rows]

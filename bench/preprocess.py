@@ -78,6 +78,7 @@ def prepare_train_features_factory(tokenizer):
 
 def run_hf(jsonl: Path, workdir: Path) -> dict:
     import datasets
+
     from spanqa.models import load_tokenizer
 
     datasets.disable_progress_bars()
@@ -89,9 +90,9 @@ def run_hf(jsonl: Path, workdir: Path) -> dict:
 
 
 def run_ours(jsonl: Path, workdir: Path) -> dict:
-    from spanqa.data import ExampleStream
     from spanqa.models import load_tokenizer
-    from spanqa.windows import WindowSettings, streamed_windows
+    from spanqa.qa.squad import ExampleStream
+    from spanqa.qa.windows import WindowSettings, streamed_windows
 
     tokenizer = load_tokenizer(None)  # the file is read, validated and windowed 1,000 questions at a time
     w, _ = streamed_windows(ExampleStream(jsonl), tokenizer, WindowSettings(MAX_SEQ_LENGTH, DOC_STRIDE, 64),
@@ -112,7 +113,7 @@ def worker(impl: str, jsonl: Path) -> None:
 
 def write_subset(fraction: float, folder: Path) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
-    from spanqa.data import load_dataset, write_jsonl
+    from spanqa.qa.squad import load_dataset, write_jsonl
 
     examples = load_dataset(SQUAD / "train-v1.1.reconstructed.json.gz").examples
     path = folder / f"train-{int(fraction * 100)}.jsonl"

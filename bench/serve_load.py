@@ -21,7 +21,6 @@ import time
 import httpx
 import numpy as np
 import psutil
-
 from common import ROOT, SQUAD, save_result
 
 
@@ -61,7 +60,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     args = ap.parse_args()
 
-    from spanqa.data import load_dataset
+    from spanqa.qa.squad import load_dataset
 
     items = [{"question": e.question, "context": e.context} for e in load_dataset(SQUAD / "dev-v1.1.json.gz").examples]
     port = free_port()

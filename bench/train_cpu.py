@@ -25,10 +25,10 @@ QUESTIONS, BATCH = 4000, 16
 def hf_features(tmp: Path):
     """The peer's training features: run_qa's prepare_train_features under datasets.map."""
     import datasets
-
     from preprocess import prepare_train_features_factory
-    from spanqa.data import load_dataset, write_jsonl
+
     from spanqa.models import load_tokenizer
+    from spanqa.qa.squad import load_dataset, write_jsonl
 
     datasets.disable_progress_bars()
     write_jsonl(load_dataset(SQUAD / "train-v1.1.reconstructed.json.gz").examples[:QUESTIONS], tmp / "t.jsonl")
@@ -54,8 +54,8 @@ def hf_trainer(steps: int, tmp: Path, features, bf16: bool) -> float:
 
 
 def ours(steps: int, tmp: Path, precision: str) -> float:
-    from spanqa.config import build_config
-    from spanqa.train import train
+    from spanqa.qa.config import build_config
+    from spanqa.qa.train import train
 
     out = tmp / f"ours-{precision}"
     cfg = build_config("cpu-fast", None, output_dir=str(out), max_steps=steps, max_eval_samples=50,

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import SQUAD
 
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # FLOP/s, vendor specifications
@@ -34,8 +33,8 @@ SMOKE = {"max_train_samples": 64, "max_eval_samples": 32, "max_steps": 4}
 
 
 def prepare(folder: Path) -> None:
-    from spanqa.data import load_dataset, write_jsonl
     from spanqa.models import load_encoder, load_tokenizer
+    from spanqa.qa.squad import load_dataset, write_jsonl
 
     load_encoder(None).half().save_pretrained(folder / "encoder")
     load_tokenizer(None).save_pretrained(folder / "encoder")
@@ -48,8 +47,8 @@ def prepare(folder: Path) -> None:
 
 
 def run_ours(folder: Path, out: Path, smoke: bool, epochs: float | None) -> dict:
-    from spanqa.config import build_config
-    from spanqa.train import train
+    from spanqa.qa.config import build_config
+    from spanqa.qa.train import train
 
     extra = {**(SMOKE if smoke else {}), **({"epochs": epochs} if epochs else {})}
     cfg = build_config("full", None, model=str(folder / "encoder"), train_file=str(folder / "train.jsonl.gz"),
@@ -64,15 +63,15 @@ def run_ours(folder: Path, out: Path, smoke: bool, epochs: float | None) -> dict
 
 def run_hf(folder: Path, out: Path, bf16: bool, smoke: bool, epochs: float | None) -> dict:
     import torch
+    from preprocess import prepare_train_features_factory
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from preprocess import prepare_train_features_factory
-    from spanqa.data import load_dataset
-    from spanqa.decode import DecodeSettings
-    from spanqa.evaluate import score_examples
     from spanqa.models import load_qa_model, load_tokenizer
-    from spanqa.reader import Reader
-    from spanqa.windows import WindowSettings
+    from spanqa.qa.decode import DecodeSettings
+    from spanqa.qa.evaluate import score_examples
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.squad import load_dataset
+    from spanqa.qa.windows import WindowSettings
 
     tokenizer = load_tokenizer(str(folder / "encoder"))
     examples = load_dataset(folder / "train.jsonl.gz").examples[:SMOKE["max_train_samples"] if smoke else None]
@@ -115,9 +114,9 @@ def throughput(folder: Path, result: dict, padded: bool) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from spanqa.data import ExampleStream
     from spanqa.models import load_tokenizer
-    from spanqa.windows import WindowSettings, streamed_windows
+    from spanqa.qa.squad import ExampleStream
+    from spanqa.qa.windows import WindowSettings, streamed_windows
 
     windows, _ = streamed_windows(ExampleStream(folder / "train.jsonl.gz"), load_tokenizer(str(folder / "encoder")),
                                   WindowSettings(384, 128, 64))

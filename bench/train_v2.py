@@ -19,12 +19,13 @@ from pathlib import Path
 
 from common import SQUAD, save_result
 
-from spanqa.config import build_config
-from spanqa.data import load_dataset, read_json_file
-from spanqa.evaluate import as_squad_data
-from spanqa.io import atomic_write_json
-from spanqa.metrics import squad_v2
-from spanqa.train import train
+from spanqa.data.sources import read_json_file
+from spanqa.files import atomic_write_json
+from spanqa.qa.config import build_config
+from spanqa.qa.evaluate import as_squad_data
+from spanqa.qa.metrics import squad_v2
+from spanqa.qa.squad import load_dataset
+from spanqa.qa.train import train
 
 TRAIN_ARTICLES, EVAL_ARTICLES = range(0, 17), range(17, 35)
 CALIBRATE_ARTICLES = range(17, 26)  # threshold chosen here, applied to 26-34
@@ -82,10 +83,13 @@ def evaluate_again(folder: Path, dev_file: str) -> dict:
     calibrated), its prediction files rewritten for `held_out_metrics`."""
     from dataclasses import replace
 
-    from spanqa.evaluate import calibrate_threshold, write_predictions
-    from spanqa.reader import Reader
-    from spanqa.train import evaluate_windows
-    from spanqa.windows import build_windows
+    from spanqa.qa.evaluate import (
+        calibrate_threshold,
+        evaluate_windows,
+        write_predictions,
+    )
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.windows import build_windows
 
     reader = Reader.load(str(folder))
     examples = load_dataset(dev_file).examples

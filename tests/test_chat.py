@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
-from spanqa.chat import highlight, sentence_bounds
 from test_reader import reader_folder
+
+from spanqa.chat import highlight, sentence_bounds
 
 TEXT = "The tower was finished in 1889. It was designed by Gustave Eiffel!\nIt is tall."
 

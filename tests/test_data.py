@@ -5,11 +5,12 @@ import gzip
 import json
 
 import pytest
+from conftest import CONTEXT, SHARED, TINY_QAS, qa, squad_json
 from typer.testing import CliRunner
 
-from conftest import CONTEXT, SHARED, TINY_QAS, qa, squad_json
 from spanqa.cli import app
-from spanqa.data import DataError, ExampleStream, check_dataset, load_dataset
+from spanqa.data.sources import DataError
+from spanqa.qa.squad import ExampleStream, check_dataset, load_dataset
 
 runner = CliRunner()
 

@@ -2,11 +2,18 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from spanqa.data import Example
-from spanqa.decode import DecodeSettings, SpanCandidates, _merge_same_text, best_spans, decode
-from spanqa.windows import Windows
+from spanqa.qa.decode import (
+    DecodeSettings,
+    SpanCandidates,
+    _merge_same_text,
+    best_spans,
+    decode,
+)
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import Windows
 
 
 def reference_spans(start, end, offsets, max_context, example_index, n_examples, n_best, max_len):

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import write_people
 from typer.testing import CliRunner
 
-from conftest import write_people
 from spanqa.cli import app
 
 runner = CliRunner()

@@ -1,12 +1,12 @@
 """ONNX export: the exported reader gives the torch reader's logits; int8 still answers with valid spans."""
 
 import numpy as np
+from test_reader import reader_folder
 
 from spanqa.export import OnnxQAModel, export_onnx
-from spanqa.reader import Reader
-from spanqa.windows import build_windows
-from spanqa.data import Example
-from test_reader import reader_folder
+from spanqa.qa.reader import Reader
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import build_windows
 
 PAIRS = [("Who designed it?", "It was designed by Gustave Eiffel in Paris."),
          ("When?", " ".join(f"Sentence {i} fills the passage." for i in range(60)) + " It ended in 1990.")]

@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from spanqa.collection import ask_collection
-from spanqa.index import CollectionError, Document, Embedder, Index, PassageSettings, read_documents, split_passages
-from spanqa.reader import Reader
-from spanqa.server import create_app
 from test_reader import reader_folder
+
+from spanqa.data.documents import CollectionError, Document, read_documents
+from spanqa.qa.collection import ask_collection
+from spanqa.qa.reader import Reader
+from spanqa.retrieval.index import Embedder, Index, PassageSettings, split_passages
+from spanqa.server import create_app
 
 EIFFEL = ("# The Eiffel Tower\n\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. "
           "It was designed by the engineering company of Gustave Eiffel.\n\n"
@@ -159,9 +160,9 @@ def test_cli_index_search_and_ask(docs, tiny_model, tmp_path):
 
 
 def test_hard_negatives_are_other_passages_without_the_answer():
-    from spanqa.collection import hard_negatives
-    from spanqa.config import TrainConfig
-    from spanqa.data import Example
+    from spanqa.qa.collection import hard_negatives
+    from spanqa.qa.config import TrainConfig
+    from spanqa.qa.squad import Example
 
     examples = [Example("a", "Where was Alice born?", "Alice was born in Paris.", ("Paris",), (18,)),
                 Example("b", "Where was Bob born?", "Bob was born in Oslo. Alice was born in Paris.", ("Oslo",), (16,)),

@@ -2,8 +2,16 @@
 
 import pytest
 
-from spanqa.metrics import (best_threshold, exact_match, f1_v1, f1_v2, normalize_answer, squad_v1, squad_v2,
-                            token_accuracy)
+from spanqa.qa.metrics import (
+    best_threshold,
+    exact_match,
+    f1_v1,
+    f1_v2,
+    normalize_answer,
+    squad_v1,
+    squad_v2,
+    token_accuracy,
+)
 
 
 def test_normalize_answer():

@@ -2,8 +2,7 @@
 
 import json
 
-from spanqa.reader import Reader
-
+from spanqa.qa.reader import Reader
 
 SMALL = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 32}
 

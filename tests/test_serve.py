@@ -12,10 +12,10 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-
-from spanqa.reader import Reader
-from spanqa.server import MicroBatcher, ServerLimits, create_app
 from test_reader import reader_folder
+
+from spanqa.qa.reader import Reader
+from spanqa.server import MicroBatcher, ServerLimits, create_app
 
 CONTEXT = "The tower was finished in 1889. It was designed by Gustave Eiffel. It is 330 metres tall."
 

@@ -5,14 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_people
 from safetensors.numpy import load_file
 
-from conftest import write_people
-from spanqa.config import ConfigError, TrainConfig, build_config
-from spanqa.data import DataError
+from spanqa.data.sources import DataError
 from spanqa.models import ModelError
-from spanqa.train import epoch_batches, train
-from spanqa.windows import WindowError
+from spanqa.qa.config import TrainConfig, build_config
+from spanqa.qa.train import train
+from spanqa.qa.windows import WindowError
+from spanqa.training.config import ConfigError
+from spanqa.training.engine import epoch_batches
 
 
 def tiny_config(tmp_path, model, **kw) -> TrainConfig:

@@ -2,12 +2,18 @@
 
 import numpy as np
 import pytest
-
 from conftest import CONTEXT, TINY_QAS
-from spanqa.data import Example
-from spanqa.data import DataError, ExampleStream, write_jsonl
-from spanqa.windows import (WindowError, WindowSettings, build_windows, cached_windows, check_settings,
-                            streamed_windows)
+
+from spanqa.data.sources import DataError
+from spanqa.qa.squad import Example, ExampleStream, write_jsonl
+from spanqa.qa.windows import (
+    WindowError,
+    WindowSettings,
+    build_windows,
+    cached_windows,
+    check_settings,
+    streamed_windows,
+)
 
 
 def examples(context=CONTEXT):

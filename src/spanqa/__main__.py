@@ -1,3 +1,3 @@
-from .cli import main
+from spanqa.cli import main
 
 main()

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.markup import escape
 
-from .reader import Reader
+from spanqa.qa.reader import Reader
 
 HELP = """Type a question and press Enter. Commands:
   :load FILE     read a new passage from FILE

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import ModelError, load_qa_model, load_tokenizer, resolve_model
+from spanqa.models import (
+    SETTINGS_FILE,
+    ModelError,
+    load_qa_model,
+    load_tokenizer,
+    resolve_model,
+)
 
 ONNX_FILE = "model.onnx"
 OUTPUTS = ("start_logits", "end_logits")
@@ -26,7 +32,6 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
 
     `int8` quantizes the weights of every MatMul except the feed-forward output projections
     (see `_outlier_matmuls`), or of all of them with `int8_everywhere`."""
-    from .reader import SETTINGS_FILE
 
     source = resolve_model(model)
     out = Path(out_dir)

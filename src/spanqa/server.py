@@ -18,8 +18,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from .decode import Answer
-from .reader import Reader
+from spanqa.qa.decode import Answer
+from spanqa.qa.reader import Reader
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
         if retriever is None:
             raise HTTPException(400, "no index is loaded: start the server with --index INDEX_DIR")
         check_top_k(request.top_k)
-        from .collection import ask_collection
+        from spanqa.qa.collection import ask_collection
 
         answers = await in_time(asyncio.to_thread(ask_collection, reader, retriever, request.question,
                                                   request.top_k, request.passages, request.mode))

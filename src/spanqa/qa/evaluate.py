@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .data import Example
-from .decode import Prediction
-from .io import atomic_write_json
-from .metrics import squad_v1, squad_v2
+import numpy as np
+
+from spanqa.files import atomic_write_json
+from spanqa.progress import progress_bar
+from spanqa.qa.decode import DecodeSettings, Prediction, decode
+from spanqa.qa.metrics import squad_v1, squad_v2, token_accuracy
+from spanqa.qa.reader import compute_logits
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import Windows
 
 
 def as_squad_data(examples: Sequence[Example]) -> list[dict]:
@@ -53,17 +58,46 @@ def write_predictions(folder: str | Path, predictions: Sequence[Prediction], ver
         atomic_write_json(folder / "null_odds.json", {p.id: p.null_odds for p in predictions})
 
 
+def evaluate_windows(model, examples: list[Example], windows: Windows, decoding: DecodeSettings,
+                     batch_size: int, autocast_dtype=None, show: bool = True) -> tuple[dict, list]:
+    """Valid loss, token accuracy, EM/F1 and predictions of a model on labelled windows."""
+    bar = progress_bar(f"evaluating ({len(windows):,} windows)", len(windows), enabled=show, unit="win")
+    try:
+        start, end = compute_logits(model, windows, batch_size, autocast_dtype=autocast_dtype, on_batch=bar.advance)
+    finally:
+        bar.close()
+    was_training = model.training
+    preds = decode(examples, windows, start, end, decoding)
+    model.train(was_training)
+    metrics = {"valid_loss": _span_loss(start, end, windows),
+               **token_accuracy(start, end, np.asarray(windows.start_positions), np.asarray(windows.end_positions)),
+               **score_examples(examples, preds)}
+    return metrics, preds
+
+
+def _span_loss(start: np.ndarray, end: np.ndarray, windows: Windows) -> float:
+    """Mean of the start and end cross-entropies, as the model's training loss."""
+    rows = np.arange(len(start))
+
+    def ce(logits, labels):
+        m = logits.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+        return float((lse - logits[rows, labels]).mean())
+
+    return (ce(start, np.asarray(windows.start_positions)) + ce(end, np.asarray(windows.end_positions))) / 2
+
+
 def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None, calibrate: bool = False,
                     batch_size: int | None = None, max_samples: int | None = None, precision: str = "fp32") -> dict:
     """Predictions and official metrics of a reader on labelled data; v2 `calibrate` stores the threshold."""
     import json
-
     from dataclasses import replace
 
-    from .data import DataError, load_dataset
-    from .reader import SETTINGS_FILE, Reader
-    from .train import evaluate_windows
-    from .windows import build_windows
+    from spanqa.data.sources import DataError
+    from spanqa.models import SETTINGS_FILE
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.squad import load_dataset
+    from spanqa.qa.windows import build_windows
 
     dataset = load_dataset(data, split="validation")
     examples = dataset.examples[:max_samples] if max_samples else dataset.examples
@@ -95,8 +129,8 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
 def predict_dataset(model: str, data: str, out: str | Path, batch_size: int | None = None,
                     precision: str = "fp32") -> int:
     """Answer every question of `data` (answers not needed); write the official predictions format."""
-    from .data import load_dataset
-    from .reader import Reader
+    from spanqa.qa.reader import Reader
+    from spanqa.qa.squad import load_dataset
 
     examples = load_dataset(data, split="validation", require_answers=False).examples
     reader = Reader.load(model, batch_size=batch_size, precision=precision)

@@ -7,11 +7,21 @@ are off by a few characters and reports each repair.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from spanqa.data.sources import (
+    DataError,
+    Location,
+    Problem,
+    hub_records,
+    looks_like_path,
+    open_binary,
+    read_json_file,
+    read_jsonl,
+)
 
 OFFSET_REPAIR_RADIUS = 32  # how far (characters) --fix-offsets looks for the answer text
 
@@ -33,41 +43,6 @@ class Example:
         return bool(self.answer_texts)
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a record lives in its file."""
-
-    file: str
-    title: str | None = None
-    paragraph: int | None = None
-    qid: str | None = None
-    line: int | None = None
-
-    def __str__(self) -> str:
-        parts = [self.file]
-        if self.line is not None:
-            parts.append(f"line {self.line}")
-        if self.title is not None:
-            parts.append(f"article {self.title!r}")
-        if self.paragraph is not None:
-            parts.append(f"paragraph {self.paragraph}")
-        if self.qid is not None:
-            parts.append(f"question {self.qid!r}")
-        return ", ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A validation problem: where, which field, what is wrong and how to fix it."""
-
-    where: Location
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: field {self.field!r}: {self.message}"
-
-
 @dataclass
 class Dataset:
     """Examples of one file plus what validation found."""
@@ -81,18 +56,6 @@ class Dataset:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class DataError(ValueError):
-    """Raised when a data file cannot be used; the message lists every problem."""
-
-    def __init__(self, message: str, problems: list[Problem] | None = None):
-        self.problems = problems or []
-        if self.problems:
-            shown = "\n".join(f"  - {p}" for p in self.problems[:50])
-            more = len(self.problems) - 50
-            message += f"\n{shown}" + (f"\n  ... and {more} more" if more > 0 else "")
-        super().__init__(message)
 
 
 def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train",
@@ -137,7 +100,7 @@ class ExampleStream:
             if self.path.is_dir():
                 raise DataError(f"{self.path} is a folder; pass a .json, .json.gz or .jsonl file")
             self.source = str(self.path)
-        elif _looks_like_path(str(source)):
+        elif looks_like_path(str(source)):
             raise DataError(f"{source}: no such file")
         else:
             self.path, self.hub_name, self.split = None, str(source), split
@@ -157,68 +120,15 @@ class ExampleStream:
 
     def __iter__(self) -> Iterator[Example]:
         if self.path is None:
-            examples = _record_examples(_hub_records(self.hub_name, self.split), self.check)
+            examples = _record_examples(hub_records(self.hub_name, self.split), self.check)
         elif self.path.name.lower().endswith((".jsonl", ".jsonl.gz")):
-            examples = _record_examples(_read_jsonl(self.path), self.check)
+            examples = _record_examples(read_jsonl(self.path), self.check)
         else:
             examples = _nested_examples(self.path, self.check)
         for example in examples:
             self.count += 1
             self.unanswerable += not example.has_answer
             yield example
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.endswith((".json", ".gz", ".jsonl")) or source.startswith((".", "/", "~"))
-
-
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def read_json_file(path: str | Path) -> Any:
-    """Parse a .json or .json.gz file; `DataError` with line and column when it is not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    return _read_json(path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with _open_text(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[Location, Any]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield Location(str(path), line=lineno), json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}") from None
-
-
-def _hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:  # offline, unknown name, ...: say how to use a local file instead
-        raise DataError(
-            f"could not load hub dataset {name!r} (split {split!r}): {type(e).__name__}: {e}\n"
-            "Offline? Pass a local file instead, e.g. --train-file data/train-v1.1.json "
-            "(SQuAD nested .json/.json.gz or flat .jsonl)") from None
-    for i, record in enumerate(ds):
-        yield Location(f"hub:{name}[{split}]", line=i + 1), record
 
 
 class _Checker:
@@ -325,27 +235,23 @@ def _nested_examples(path: Path, check: _Checker) -> Iterator[Example]:
 
     source, articles = str(path), 0
     try:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             for a, article in enumerate(ijson.items(f, "data.item", use_float=True)):
                 articles += 1
                 yield from _article_examples(source, a, article, check)
         if not articles:  # an empty "data" list, or not SQuAD JSON at all: look at the whole (small) file
-            data = _read_json(path)
+            data = read_json_file(path)
             if not isinstance(data, dict) or not isinstance(data.get("data"), list):
                 raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
                                 "(for flat records use .jsonl)")
         if not check.version_2:  # "version" comes after "data" in the official files: a second, cheap pass
-            with _open_binary(path) as f:
+            with open_binary(path) as f:
                 check.version_2 = any(str(v).lstrip("v").startswith("2") for v in ijson.items(f, "version"))
     except ijson.JSONError:
-        _read_json(path)  # raises DataError with the line and column
+        read_json_file(path)  # raises DataError with the line and column
         raise
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def _article_examples(source: str, a: int, article: Any, check: _Checker) -> Iterator[Example]:
@@ -443,7 +349,7 @@ def _record_examples(records: Iterable[tuple[Location, Any]], check: _Checker) -
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
     """Write examples as flat JSONL records (the hub's `squad` layout)."""
-    from .io import atomic_write_text
+    from spanqa.files import atomic_write_text
 
     lines = (json.dumps({"id": e.id, "title": e.title, "context": e.context, "question": e.question,
                          "answers": {"text": list(e.answer_texts),

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import Example
-from .index import Index, bm25_index, bm25_retrieve
-from .metrics import normalize_answer
-from .reader import Reader
+from spanqa.qa.metrics import normalize_answer
+from spanqa.qa.reader import Reader
+from spanqa.qa.squad import Example
+from spanqa.retrieval.index import Index, bm25_index, bm25_retrieve
 
 # The best of 0/1/2/4/8/16 on dev-v1.1 questions 5000-5499 (F1 of retrieve+read with
 # runs/open-reader: 44.6, 47.8, 49.3, 51.6, 53.8, 53.9); bench/open_squad.py reports questions 0-999.

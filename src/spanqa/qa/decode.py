@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import Example
-from .windows import Windows
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import Windows
 
 
 @dataclass(frozen=True)

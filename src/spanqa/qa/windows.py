@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
@@ -23,7 +21,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import Example, ExampleStream, raise_problems
+from spanqa.data.cache import (
+    cache_folder,
+    cache_summary,
+    file_sha256,
+    fingerprint_tokenizer,
+    is_cached,
+    open_cache,
+    write_cache,
+)
+from spanqa.qa.squad import Example, ExampleStream, raise_problems
 
 CACHE_FORMAT = 2  # bump when the cached layout or labelling changes
 
@@ -291,30 +298,17 @@ def fingerprint_examples(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def fingerprint_tokenizer(tokenizer) -> str:
-    h = hashlib.sha256(type(tokenizer).__name__.encode())
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state.pop("truncation", None), state.pop("padding", None)  # call-time settings, not identity
-    h.update(json.dumps(state, sort_keys=True).encode("utf-8"))
-    h.update(tokenizer.padding_side.encode())
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SPANQA_CACHE", Path.home() / ".cache" / "spanqa")) / "windows"
-
-
 def cached_windows(examples: Sequence[Example], tokenizer, settings: WindowSettings,
                    cache_dir: str | Path | None = None, batch_size: int = 1000,
                    on_batch: Callable[[int], None] | None = None) -> Windows:
     """Memory-mapped windows of `examples`, built once and reused while data/tokenizer/settings match."""
-    final = _cache_folder(cache_dir, [fingerprint_examples(examples), fingerprint_tokenizer(tokenizer),
-                                      asdict(settings)])
-    if not (final / "meta.json").exists():
-        _write_cache(final, iter_windows(examples, tokenizer, settings, batch_size, on_batch))
+    final = cache_folder("windows", [CACHE_FORMAT, fingerprint_examples(examples), fingerprint_tokenizer(tokenizer),
+                                     asdict(settings)], cache_dir)
+    if not is_cached(final):
+        write_cache(final, Windows, iter_windows(examples, tokenizer, settings, batch_size, on_batch))
     elif on_batch:
         on_batch(len(examples))
-    return _open_cache(final)
+    return open_cache(final, Windows)
 
 
 def streamed_windows(stream: ExampleStream, tokenizer, settings: WindowSettings, limit: int | None = None,
@@ -327,80 +321,18 @@ def streamed_windows(stream: ExampleStream, tokenizer, settings: WindowSettings,
     size; the windows are cached under the file's bytes + loader options + tokenizer + settings. A file
     with problems raises `DataError` and caches nothing.
     """
-    final = _cache_folder(cache_dir, [_file_sha256(stream.path), stream.check.fix_offsets,
-                                      stream.check.require_answers, limit, fingerprint_tokenizer(tokenizer),
-                                      asdict(settings)])
-    built = not (final / "meta.json").exists()
+    final = cache_folder("windows", [CACHE_FORMAT, file_sha256(stream.path), stream.check.fix_offsets,
+                                     stream.check.require_answers, limit, fingerprint_tokenizer(tokenizer),
+                                     asdict(settings)], cache_dir)
+    built = not is_cached(final)
     if built:
         def summary() -> dict[str, Any]:
             raise_problems(stream.source, stream.problems)
             return {"examples": stream.count, "unanswerable": stream.unanswerable, "version_2": stream.version_2}
 
-        _write_cache(final, iter_windows(islice(stream, limit), tokenizer, settings, batch_size, on_batch), summary)
-    held = json.loads((final / "meta.json").read_text())["summary"]
+        write_cache(final, Windows, iter_windows(islice(stream, limit), tokenizer, settings, batch_size, on_batch),
+                    summary)
+    held = cache_summary(final)
     if on_batch and not built:
         on_batch(held["examples"])
-    return _open_cache(final), held
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _cache_folder(cache_dir: str | Path | None, identity: list) -> Path:
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT, *identity]).encode()).hexdigest()[:24]
-    return (Path(cache_dir) if cache_dir else default_cache_dir()) / key
-
-
-def _write_cache(final: Path, batches: Iterator[Windows], summary: Callable[[], dict] | None = None) -> None:
-    """Write the batches to `final` atomically; `summary()`, called once they are all written, may
-    raise to abandon the cache or return what to record with it."""
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files: dict[str, object] = {}
-    meta: dict[str, object] = {"n": 0, "dtypes": {}, "shapes": {}}
-    try:
-        for w in batches:
-            for f in fields(Windows):
-                arr = getattr(w, f.name)
-                if arr is None:
-                    continue
-                if f.name not in files:
-                    files[f.name] = open(tmp / f"{f.name}.bin", "wb")
-                    meta["dtypes"][f.name] = arr.dtype.str
-                    meta["shapes"][f.name] = list(arr.shape[1:])
-                files[f.name].write(np.ascontiguousarray(arr).tobytes())
-            meta["n"] += len(w)
-        if summary:
-            meta["summary"] = summary()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        for fh in files.values():
-            fh.close()
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    try:
-        os.replace(tmp, final)  # atomic: a half-built cache is never used
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _open_cache(folder: Path) -> Windows:
-    meta = json.loads((folder / "meta.json").read_text())
-    n = meta["n"]
-    arrays = {}
-    for f in fields(Windows):
-        if f.name not in meta["dtypes"]:
-            arrays[f.name] = None
-        elif n == 0:
-            arrays[f.name] = np.zeros([0, *meta["shapes"][f.name]], dtype=meta["dtypes"][f.name])
-        else:
-            arrays[f.name] = np.memmap(folder / f"{f.name}.bin", mode="r", dtype=meta["dtypes"][f.name],
-                                       shape=(n, *meta["shapes"][f.name]))
-    return Windows(**arrays)
+    return open_cache(final, Windows), held

@@ -7,9 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import Example
-from .metrics import normalize_answer
-from .windows import WindowSettings, _backend_copy, iter_windows
+from spanqa.qa.metrics import normalize_answer
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import WindowSettings, _backend_copy, iter_windows
 
 MAX_LENGTHS = (128, 256, 300, 384, 512)
 

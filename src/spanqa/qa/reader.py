@@ -10,30 +10,18 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import Example
-from .decode import Answer, DecodeSettings, Prediction, decode
-from .export import OnnxQAModel, is_onnx_folder
-from .models import load_qa_model, load_tokenizer, resolve_model
-from .windows import Windows, WindowSettings, build_windows, check_settings
+from spanqa.data.batches import model_inputs
+from spanqa.export import OnnxQAModel, is_onnx_folder
+from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, resolve_model
+from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode
+from spanqa.qa.squad import Example
+from spanqa.qa.windows import Windows, WindowSettings, build_windows, check_settings
 
-SETTINGS_FILE = "spanqa.json"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_inputs(windows: Windows, index: np.ndarray,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-    """Tensors for the windows at `index`, cut to the columns they use, and those columns (lo, hi)."""
-    attention = windows.attention_mask[index]
-    used = np.nonzero(attention.any(axis=0))[0]
-    lo, hi = int(used.min()), int(used.max()) + 1  # left or right padding: keep the used columns
-    batch = {"input_ids": windows.input_ids[index, lo:hi], "attention_mask": attention[:, lo:hi]}
-    if windows.token_type_ids is not None:
-        batch["token_type_ids"] = windows.token_type_ids[index, lo:hi]
-    return {k: torch.from_numpy(np.ascontiguousarray(v).astype(np.int64)).to(device) for k, v in batch.items()}, (lo, hi)
 
 
 @torch.inference_mode()
@@ -141,12 +129,6 @@ class Reader:
     def answer(self, question: str, context: str, top_k: int = 1) -> list[Answer]:
         """The `top_k` best answers to `question` in `context` (see `answer_many`)."""
         return self.answer_many([(question, context)], top_k)[0]
-
-    def ask(self, question: str, index, top_k: int = 1, passages: int = 5, mode: str = "hybrid") -> list:
-        """Answers from a document collection (`spanqa.index.Index`), with their sources."""
-        from .collection import ask_collection
-
-        return ask_collection(self, index, question, top_k, passages, mode)
 
 
 def _top_answers(p: Prediction, top_k: int) -> list[Answer]:

@@ -1,0 +1,129 @@
+"""`spanqa train|evaluate|predict|quickstart`: fine-tune and evaluate QA readers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spanqa.cli.common import PRECISION_HELP, app, console, fail
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Optional[str] = typer.Option(None, help="Named recipe: cpu-fast, full, biobert, distilbert"),
+    config: Optional[str] = typer.Option(None, help="YAML file with the same keys as the flags"),
+    model: Optional[str] = typer.Option(None, help="Encoder: HF model folder or id (default: packaged all-MiniLM-L6-v2)"),
+    train_file: Optional[str] = typer.Option(None, help="Training data (default: train-v1.1 in $SPANQA_DATA)"),
+    dev_file: Optional[str] = typer.Option(None, help="Dev data (default: dev-v1.1 in $SPANQA_DATA)"),
+    valid_split: Optional[float] = typer.Option(None, help="Hold out this share of train as dev instead"),
+    output_dir: Optional[str] = typer.Option(None, help="Where the reader is written (default runs/reader)"),
+    epochs: Optional[float] = None, max_steps: Optional[int] = None,
+    max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
+    batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
+    learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
+    weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
+    max_seq_length: Optional[int] = None, doc_stride: Optional[int] = None, max_query_length: Optional[int] = None,
+    seed: Optional[int] = None,
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have "
+                                            "it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)"),
+    save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
+    version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
+    negatives: Optional[int] = typer.Option(None, help="Add N retrieved wrong passages per question as unanswerable "
+                                                       "examples: a reader for document collections (implies --version-2)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
+) -> None:
+    """Fine-tune an encoder into an extractive QA reader and score it on dev."""
+    from spanqa.data.sources import DataError
+    from spanqa.models import ModelError
+    from spanqa.qa.config import build_config
+    from spanqa.qa.train import train
+    from spanqa.qa.windows import WindowError
+    from spanqa.training.config import ConfigError
+
+    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
+    flags.update(resume=resume or None, version_2=version_2 or None, trust_remote_code=trust_remote_code or None)
+    try:
+        cfg = build_config(recipe, config, **flags)
+        metrics = train(cfg)
+    except (ConfigError, DataError, ModelError, WindowError) as e:
+        fail(str(e))
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", 130)
+    if metrics:
+        _print_summary(cfg.output_dir, metrics)
+
+
+def _print_summary(output_dir: str, metrics: dict) -> None:
+    keys = [k for k in ("exact_match", "f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "valid_loss",
+                        "start_accuracy", "end_accuracy") if k in metrics]
+    print("  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+    print(f"reader written to {output_dir}\n"
+          f"  ask:      spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
+          f"  chat:     spanqa chat {output_dir} --context-file PASSAGE.txt\n"
+          f"  serve:    spanqa serve {output_dir}   (web page and API on http://127.0.0.1:8000)\n"
+          f"  faster:   spanqa export {output_dir} --onnx --int8\n"
+          f"  evaluate: spanqa evaluate {output_dir} DATA.json\n"
+          f"  python:   from spanqa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
+
+
+@app.command("evaluate")
+def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+                 data: str = typer.Argument(..., help="Dataset with answers (SQuAD v1.1/v2.0 JSON or JSONL)"),
+                 output_dir: Optional[Path] = typer.Option(None, help="Write predictions and metrics here (default: MODEL/eval)"),
+                 calibrate: bool = typer.Option(False, "--calibrate", help="v2: store the best null threshold in MODEL/spanqa.json"),
+                 batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
+                 max_samples: Optional[int] = None,
+                 precision: str = typer.Option("fp32", help=PRECISION_HELP)) -> None:
+    """Run a reader over a dataset and score it with the official metrics."""
+    from spanqa.qa.evaluate import evaluate_reader
+
+    try:
+        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples, precision)
+    except ValueError as e:
+        fail(str(e))
+    print(json.dumps(metrics, indent=2))
+
+
+@app.command("predict")
+def predict_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+                data: str = typer.Argument(..., help="Questions and contexts (answers optional)"),
+                out: Path = typer.Option(Path("predictions.json"), help="Official-format predictions file"),
+                batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
+                precision: str = typer.Option("fp32", help=PRECISION_HELP)) -> None:
+    """Answer every question of a dataset: predictions.json plus n-best and null odds beside it."""
+    from spanqa.qa.evaluate import predict_dataset
+
+    try:
+        n = predict_dataset(model, data, out, batch_size, precision)
+    except ValueError as e:
+        fail(str(e))
+    print(f"wrote {n} predictions to {out}")
+
+
+@app.command("quickstart")
+def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the reader goes"),
+               recipe: Optional[str] = typer.Option(None, help="Default: cpu-fast on CPU, full on a GPU")) -> None:
+    """The first run: fine-tune the packaged encoder on SQuAD, evaluate on dev, answer a question."""
+    import torch
+
+    from spanqa.qa.reader import Reader
+
+    chosen = recipe or ("full" if torch.cuda.is_available() else "cpu-fast")
+    console.print(f"[bold]spanqa quickstart[/]: recipe {chosen}, output {output_dir}")
+    from spanqa.qa.config import build_config
+    from spanqa.qa.train import train
+
+    try:
+        metrics = train(build_config(chosen, None, output_dir=output_dir))
+    except ValueError as e:
+        fail(str(e))
+    context = ("The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair. "
+               "It was designed by the engineering company of Gustave Eiffel and is 330 metres tall.")
+    question = "Who designed the Eiffel Tower?"
+    best = Reader.load(output_dir).answer(question, context)
+    print(f"Q: {question}\nA: {best[0].text if best else '(no answer)'}")
+    _print_summary(output_dir, metrics)

@@ -1,0 +1,141 @@
+"""`spanqa ask|chat|serve|export`: use a reader on a passage or a collection."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from spanqa.cli.common import PRECISION_HELP, app, fail, load_index
+
+
+@app.command("ask")
+def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder or extractive-QA model id"),
+            question: str = typer.Option(..., "-q", "--question"),
+            context: Optional[str] = typer.Option(None, "-c", "--context", help="The passage"),
+            context_file: Optional[Path] = typer.Option(None, help="Read the passage from a file"),
+            index: Optional[Path] = typer.Option(None, help="Answer from this document index (spanqa index)"),
+            passages: int = typer.Option(5, help="With --index: passages to retrieve and read"),
+            mode: str = typer.Option("hybrid", help="With --index: bm25, dense or hybrid retrieval"),
+            top_k: int = typer.Option(1, help="How many answers"),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Answer one question about a passage, or about a whole indexed collection."""
+    from spanqa.qa.reader import Reader
+
+    if sum(x is not None for x in (context, context_file, index)) != 1:
+        fail("give the passage with -c TEXT or --context-file FILE, or a collection with --index DIR (one of them)")
+    if not question.strip():
+        fail("the question must not be empty")
+    if index is not None:
+        sourced = _ask_index(Reader.load(model), index, question, top_k, passages, mode)
+        if as_json:
+            print(json.dumps({"answers": [a.to_dict() for a in sourced]}, indent=2, ensure_ascii=False))
+            return
+        if not sourced:
+            print("(no answer)")
+        for a in sourced:
+            print(f"{a.text}\t(score {a.score:.3f}; {a.source()}, characters {a.passage_start}-{a.passage_end})")
+        return
+    if context_file is not None:
+        if not context_file.is_file():
+            fail(f"{context_file}: no such file")
+        context = context_file.read_text(encoding="utf-8")
+    if not context.strip():
+        fail("the passage must not be empty")
+    answers = Reader.load(model).answer(question, context, top_k=top_k)
+    if as_json:
+        print(json.dumps({"answers": [asdict(a) for a in answers]}, indent=2, ensure_ascii=False))
+        return
+    if not answers or answers[0].start < 0:
+        print("(no answer)")
+    for a in answers:
+        if a.start >= 0:
+            print(f"{a.text}\t(score {a.score:.3f}, characters {a.start}-{a.end})")
+
+
+def _ask_index(reader, folder: Path, question: str, top_k: int, passages: int, mode: str):
+    from spanqa.qa.collection import ask_collection
+    from spanqa.retrieval.index import MODES
+
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}")
+    return ask_collection(reader, load_index(folder), question, top_k, passages, mode)
+
+
+@app.command("chat")
+def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
+             context_file: Optional[Path] = typer.Option(None, help="Start with the passage in this file"),
+             index: Optional[Path] = typer.Option(None, help="Ask a document index (spanqa index) instead"),
+             top_k: int = typer.Option(1, help="Answers per question")) -> None:
+    """Ask many questions about a passage (or a collection); :load FILE switches passage, :quit leaves."""
+    from spanqa.chat import chat
+    from spanqa.qa.collection import ask_collection
+    from spanqa.qa.reader import Reader
+
+    context = ""
+    if context_file is not None:
+        if not context_file.is_file():
+            fail(f"{context_file}: no such file")
+        context = context_file.read_text(encoding="utf-8")
+    out = Console(soft_wrap=True)
+    reader = Reader.load(model)
+    collection = None
+    if index is not None:
+        loaded = load_index(index)
+        collection = lambda question: ask_collection(reader, loaded, question, top_k)  # noqa: E731
+    chat(reader, _input_lines(out), out, context, collection, top_k)
+
+
+def _input_lines(out: Console):
+    """Lines typed by the user (a prompt on a terminal) or piped in, until end of input."""
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = out.input("[bold]?[/] ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        yield line
+
+
+@app.command("serve")
+def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONNX folder or QA model id"),
+              host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)"),
+              port: int = typer.Option(8000),
+              max_body_bytes: int = typer.Option(2_000_000, help="Larger request bodies get 413"),
+              max_context_chars: int = typer.Option(100_000, help="Longer contexts get 422"),
+              max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
+              timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
+              precision: str = typer.Option("fp32", help=PRECISION_HELP),
+              index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index")) -> None:
+    """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /."""
+    from spanqa.qa.reader import Reader
+    from spanqa.server import ServerLimits, serve
+
+    limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
+                          max_batch_items=max_batch_items, timeout_s=timeout)
+    serve(Reader.load(model, precision=precision), host, port, limits, load_index(index) if index else None)
+
+
+@app.command("export")
+def export_cmd(model: str = typer.Argument(..., help="Reader folder or QA model id"),
+               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-onnx or MODEL-int8)"),
+               onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX Runtime (the one format for now)"),
+               int8: bool = typer.Option(False, "--int8", help="Dynamic int8 weights (feed-forward outputs stay fp32)"),
+               int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
+                                                    help="int8 for every MatMul (faster, less exact)")) -> None:
+    """An ONNX Runtime copy of a reader that `Reader.load`, ask, chat and serve run transparently."""
+    from spanqa.export import export_onnx
+
+    if not onnx:
+        fail("say which format: --onnx (the one supported now)")
+    int8 = int8 or int8_everywhere
+    target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
+    path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
+    print(f"wrote {path}; try: spanqa ask {path} -q QUESTION -c TEXT")

@@ -1,0 +1,231 @@
+"""The one training loop: every task (QA, masked-LM, classification, distillation) runs through it.
+
+A plain PyTorch loop through `accelerate` (CPU, one GPU, or many under `accelerate launch`/`torchrun`)
+with autocast precision, gradient accumulation, length-grouped batches, atomic checkpoints, exact
+resume, history and a learning curve. A task supplies the model, the training table, the loss, the
+evaluation and its own output files (`Task`); the loop knows nothing else about it.
+
+The epoch's batch order is a pure function of (seed, epoch), so a resumed run skips exactly the
+batches already consumed: no step is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from spanqa.files import atomic_write_json
+from spanqa.progress import progress_bar
+from spanqa.training.checkpoints import (
+    TrainState,
+    clear_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spanqa.training.config import LoopConfig
+from spanqa.training.history import plot_learning_curve
+
+
+class Task(Protocol):
+    """What a task gives the engine. `prepare` runs on every process (main first, so caches are built
+    once); `evaluate` and `finish` only on the main process."""
+
+    unit: str          # what a training row is ("windows", "sequences", "examples"): names the rate
+    curve_metric: str  # history key drawn beside the losses in learning_curve.png ("f1", "accuracy", ...)
+
+    def prepare(self, show: bool) -> None:
+        """Validate data and settings (clear errors before any training) and build the tables."""
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of each training row: batches group rows of similar length."""
+
+    def build_model(self) -> torch.nn.Module:
+        """The model to train (called after seeding, so new heads are reproducible)."""
+
+    def loss(self, model: torch.nn.Module, rows: np.ndarray, device: torch.device, epoch: int) -> torch.Tensor:
+        """Mean loss of the training rows `rows` (a pure function of them and `epoch`)."""
+
+    def evaluate(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> tuple[dict, Any]:
+        """Dev metrics (floats, into the history) and whatever `finish` needs of this evaluation."""
+
+    def finish(self, model: torch.nn.Module, out: Path, metrics: dict, evaluated: Any) -> dict:
+        """Write the trained model and the task's own files to `out`; extra entries for metrics.json."""
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths (less padding), a pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for lo in range(0, len(order), chunk):
+        part = order[lo:lo + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = None) -> dict:
+    """Train `task` as `config` says and write its folder; returns what metrics.json holds."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(config.output_dir)
+    # accelerate keeps one precision per process; reset it (not the distributed state), as transformers'
+    # Trainer does, so that a second run in the same process (notebook, tests) may use another
+    AcceleratorState._reset_state()
+    # cpu=True on CPU-only machines: without it accelerate ignores torchrun and every rank trains alone
+    accelerator = Accelerator(mixed_precision=mixed_precision(config.precision), cpu=not torch.cuda.is_available())
+    is_main = accelerator.is_main_process
+    with accelerator.main_process_first():
+        task.prepare(is_main)
+    lengths = np.asarray(task.lengths())
+
+    set_seed(config.seed)
+    model = task.build_model()
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate,
+                                  eps=config.adam_eps)
+    processes = accelerator.num_processes
+    per_step = config.batch_size * config.grad_accum * processes
+    micro_per_epoch = math.ceil(len(lengths) / config.batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // (config.grad_accum * processes))
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    state = TrainState()
+    if config.resume:
+        state = load_checkpoint(out, model, optimizer, scheduler) or state
+    elif is_main:
+        clear_checkpoints(out)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    autocast = autocast_dtype(accelerator)
+
+    started = time.perf_counter() - state.elapsed
+    window_loss, window_n = 0.0, 0
+    last_eval: tuple[int, Any] | None = None  # (step, what evaluate returned): the final outputs reuse it
+
+    def evaluate_into_history() -> tuple[int, Any] | None:
+        evaluated = None
+        if is_main:
+            t0 = time.perf_counter()
+            metrics, payload = task.evaluate(accelerator.unwrap_model(model), autocast)
+            state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": time.perf_counter() - started,
+                                  "eval_seconds": time.perf_counter() - t0, **metrics})
+            evaluated = (state.step, payload)
+        model.train()
+        accelerator.wait_for_everyone()
+        return evaluated
+
+    bar = progress_bar(f"training ({len(lengths):,} {task.unit}, {total_steps:,} steps)", total_steps,
+                       enabled=is_main, unit="step")
+    bar.advance(state.step)
+    model.train()
+    try:
+        while state.step < total_steps:
+            batches = epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
+            usable = len(batches) - len(batches) % (config.grad_accum * processes)
+            position = state.epoch_batches_done
+            while position < usable and state.step < total_steps:
+                group = batches[position:position + config.grad_accum * processes]
+                for micro in group[accelerator.process_index::processes]:
+                    loss = task.loss(model, micro, device, state.epoch) / config.grad_accum
+                    accelerator.backward(loss)
+                    window_loss += loss.item() * config.grad_accum * len(micro)
+                    window_n += len(micro)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                position += len(group)
+                state.step += 1
+                state.epoch_batches_done = position
+                bar.advance(1)
+                if on_step:
+                    on_step(state.step)
+                if state.step % config.log_steps == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - started
+                    state.history.append({"step": state.step, "epoch": state.epoch,
+                                          "training_loss": window_loss / max(window_n, 1),
+                                          "learning_rate": scheduler.get_last_lr()[0], "elapsed": elapsed,
+                                          f"{task.unit}_per_s": state.step * per_step / max(elapsed, 1e-9)})
+                    window_loss, window_n = 0.0, 0
+                if config.eval_steps and state.step % config.eval_steps == 0:
+                    last_eval = evaluate_into_history()
+                if config.save_steps and state.step % config.save_steps == 0:
+                    state.elapsed = time.perf_counter() - started
+                    save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
+            if position >= usable:
+                state.epoch += 1
+                state.epoch_batches_done = 0
+                if not config.eval_steps:
+                    last_eval = evaluate_into_history()
+    except KeyboardInterrupt:
+        bar.close()
+        raise KeyboardInterrupt(f"interrupted at step {state.step}; continue with --resume "
+                                f"(last checkpoint in {out / 'checkpoints'})") from None
+    bar.close()
+    state.elapsed = time.perf_counter() - started
+    if not (config.save_steps and state.step % config.save_steps == 0):
+        save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
+    summary: dict = {}
+    if is_main:
+        reused = last_eval[1] if last_eval and last_eval[0] == state.step else None
+        summary = _finish(task, accelerator.unwrap_model(model), state, out, reused, autocast)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _finish(task: Task, model, state: TrainState, out: Path, evaluated: Any | None, autocast) -> dict:
+    """Final dev metrics (reusing an evaluation of this very step), the task's outputs, history.json,
+    metrics.json and learning_curve.png; returns what metrics.json holds."""
+    eval_seconds = sum(h.get("eval_seconds", 0.0) for h in state.history)  # evaluations inside state.elapsed
+    if evaluated is None:
+        t0 = time.perf_counter()
+        metrics, evaluated = task.evaluate(model, autocast)
+        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed,
+                              "eval_seconds": time.perf_counter() - t0, **metrics})
+    else:
+        metrics = {k: v for k, v in state.history[-1].items() if k not in ("step", "epoch", "elapsed", "eval_seconds")}
+    extra = task.finish(model, out, metrics, evaluated)
+    atomic_write_json(out / "history.json", state.history)
+    summary = {**metrics, "train_seconds": state.elapsed, "eval_seconds_while_training": eval_seconds,
+               "steps": state.step, **extra}
+    atomic_write_json(out / "metrics.json", summary)
+    plot_learning_curve(state.history, out / "learning_curve.png", task.curve_metric)
+    return summary
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's mixed_precision for a --precision; auto: bf16 where the hardware runs it natively."""
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "no"
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 autocast trains ~1.5x faster (BENCHMARKS.md); elsewhere it is emulated."""
+    # torch exposes these CPU checks only as private helpers; a missing one means "no"
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def autocast_dtype(accelerator) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,33 @@
+"""The learning curve of a run: training and validation loss, and one task metric, against steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_learning_curve(history: list[dict], path: Path, metric: str = "f1") -> None:
+    """Training vs validation loss, and dev `metric`, against optimizer steps (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["training_loss"]) for h in history if "training_loss" in h]
+    valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
+    scores = [(h["step"], h[metric]) for h in history if metric in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for points, label in ((train, "training loss"), (valid, "validation loss")):
+        if points:
+            ax1.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    if scores:
+        ax2.plot(*zip(*scores), marker="o", color="tab:green")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel(f"dev {metric.replace('_', ' ')}")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
