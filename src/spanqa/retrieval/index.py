@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -24,9 +24,11 @@ from spanqa.data.documents import CollectionError, Document, read_documents
 from spanqa.models import load_encoder, load_tokenizer, resolve_model
 from spanqa.progress import progress_bar
 
+# Hit and MODES live in the store interface; imported here also for the modules that import them from here
+from .store import (HYBRID_POOL, MODES, DocKey, EmbedderLike, Hit, check_mode, check_vectors,  # noqa: F401
+                    embedding_mismatch, hits)
+
 INDEX_FORMAT = 1
-MODES = ("bm25", "dense", "hybrid")
-HYBRID_POOL = 100  # passages each retriever contributes to hybrid ranking
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class Passage:
     passage_id: int
     start: int
     text: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    passage: Passage
-    score: float
-    rank: int
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,10 @@ def _fingerprint(folder: Path) -> str:
 # --- the index -----------------------------------------------------------------------------------
 
 class Index:
-    """Passages with a BM25 index and dense embeddings; `search` in bm25, dense or hybrid mode."""
+    """Passages with a BM25 index and dense embeddings; `search` in bm25, dense or hybrid mode.
+
+    The in-process DocumentStore: `add`, `update` and `delete` change it in memory (all or nothing),
+    `save` writes it to its folder atomically."""
 
     def __init__(self, meta: dict, passages: list[Passage], embeddings: np.ndarray, embedder: Embedder | None = None):
         self.meta, self.passages, self.embeddings = meta, passages, embeddings
@@ -169,6 +167,12 @@ class Index:
                 "embedding_max_length": embedder.max_length, "passages": asdict(settings),
                 "documents": len({(p.path, p.doc_id) for p in passages}), "passage_count": len(passages)}
         return cls(meta, passages, embeddings, embedder), notes
+
+    @classmethod
+    def empty(cls, settings: PassageSettings = PassageSettings()) -> "Index":
+        """An index without passages; the first `add` records its embedding model."""
+        return cls({"format": INDEX_FORMAT, "passages": asdict(settings), "documents": 0, "passage_count": 0},
+                   [], np.zeros((0, 0), np.float32))
 
     def save(self, folder: str | Path) -> Path:
         """Write the index folder atomically (a complete new folder replaces the old one)."""
@@ -214,12 +218,73 @@ class Index:
             self._embedder = embedder
         return self._embedder
 
-    def check_embedder(self, embedder: Embedder) -> None:
-        name, fingerprint = self.meta["embedding_model"], self.meta["embedding_fingerprint"]
-        if embedder.fingerprint != fingerprint:
-            raise CollectionError(f"this index was built with embedding model {name!r} (weights {fingerprint}), "
-                                  f"not {embedder.name!r} (weights {embedder.fingerprint}): dense search would "
-                                  f"compare unrelated vectors; use {name!r} or rebuild the index")
+    def check_embedder(self, embedder: EmbedderLike) -> None:
+        """Raise CollectionError unless the index's vectors come from `embedder`'s weights."""
+        name, fingerprint = self.meta.get("embedding_model"), self.meta.get("embedding_fingerprint")
+        if fingerprint is not None and embedder.fingerprint != fingerprint:
+            raise CollectionError(embedding_mismatch(name, fingerprint, embedder))
+
+    # the DocumentStore interface
+
+    def info(self) -> dict:
+        """The index's meta: embedding model, fingerprint, passage settings, counts."""
+        return dict(self.meta)
+
+    def count(self) -> int:
+        """Number of passages."""
+        return len(self.passages)
+
+    def documents(self) -> set[DocKey]:
+        """Keys (path, doc_id) of the indexed documents."""
+        return {(p.path, p.doc_id) for p in self.passages}
+
+    def add(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
+            settings: PassageSettings | None = None) -> None:
+        """Add new documents' passages; a document already indexed is refused."""
+        self._write(passages, embeddings, embedder, settings, replace=False)
+
+    def update(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
+               settings: PassageSettings | None = None) -> None:
+        """Replace the documents of `passages` (adding new ones)."""
+        self._write(passages, embeddings, embedder, settings, replace=True)
+
+    def delete(self, keys: Iterable[DocKey]) -> int:
+        """Remove these documents; the number of passages removed."""
+        gone = set(keys)
+        keep = [i for i, p in enumerate(self.passages) if (p.path, p.doc_id) not in gone]
+        removed = len(self.passages) - len(keep)
+        if removed:
+            self._set([self.passages[i] for i in keep], self.embeddings[keep], self.meta)
+        return removed
+
+    def _write(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
+               settings: PassageSettings | None, replace: bool) -> None:
+        new = list(passages)  # everything is computed aside: a failure leaves the index as it was
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(new):
+            raise CollectionError(f"{len(new)} passages need {len(new)} embedding rows, "
+                                  f"not an array of shape {embeddings.shape}")
+        self.check_embedder(embedder)
+        if self.passages and embeddings.shape[1] != self.embeddings.shape[1]:
+            raise CollectionError(f"this index holds {self.embeddings.shape[1]}-dimensional embeddings, "
+                                  f"not {embeddings.shape[1]}")
+        keys = {(p.path, p.doc_id) for p in new}
+        present = sorted(keys & self.documents())
+        if present and not replace:
+            raise CollectionError(f"{len(present)} document(s) already in the index, e.g. {present[0][1]!r} "
+                                  f"of {present[0][0]}: update them instead")
+        meta = {**self.meta, "embedding_model": embedder.name, "embedding_fingerprint": embedder.fingerprint,
+                "embedding_max_length": embedder.max_length}
+        if settings is not None:
+            meta["passages"] = asdict(settings)
+        keep = [i for i, p in enumerate(self.passages) if (p.path, p.doc_id) not in keys]
+        kept = [self.passages[i] for i in keep]
+        self._set(kept + new, np.concatenate([self.embeddings[keep], embeddings]) if kept else embeddings, meta)
+
+    def _set(self, passages: list[Passage], embeddings: np.ndarray, meta: dict) -> None:
+        bm25 = bm25_index([_indexed_text(p) for p in passages])  # before any change: a failure changes nothing
+        self.meta = {**meta, "documents": len({(p.path, p.doc_id) for p in passages}), "passage_count": len(passages)}
+        self.passages, self.embeddings, self._bm25 = passages, embeddings, bm25
 
     # searching
 
@@ -231,30 +296,37 @@ class Index:
         return self.search_many([query], k, mode)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "hybrid") -> list[list[Hit]]:
-        """The k best passages of each query, best first."""
-        if mode not in MODES:
-            raise CollectionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        """The k best passages of each query, best first (queries embedded here when the mode needs them)."""
+        check_mode(mode)
+        needs_vectors = mode != "bm25" and k > 0 and self.passages and queries
+        return self.retrieve(queries, self.embedder().encode(list(queries)) if needs_vectors else None, k, mode)
+
+    def retrieve(self, queries: Sequence[str], vectors: np.ndarray | None, k: int = 5,
+                 mode: str = "hybrid") -> list[list[Hit]]:
+        """The k best passages of each query, best first; `vectors` are the queries' embeddings."""
+        check_mode(mode)
         k = min(k, len(self.passages))
-        if k == 0:
+        if k <= 0 or not queries:
             return [[] for _ in queries]
+        check_vectors(mode, vectors, queries)
         pool = min(len(self.passages), max(k, HYBRID_POOL)) if mode == "hybrid" else k
         ranked = []
         if mode in ("bm25", "hybrid"):
             ranked.append(self._bm25_search(queries, pool))
         if mode in ("dense", "hybrid"):
-            ranked.append(self._dense_search(queries, pool))
+            ranked.append(self._dense_search(np.asarray(vectors, dtype=np.float32), pool))
         if mode != "hybrid":
             ids, scores = ranked[0]
         else:
             ids, scores = _fuse(ranked, k)
-        return [[Hit(self.passages[i], float(s), r) for r, (i, s) in enumerate(zip(row_ids[:k], row_scores[:k]))]
+        return [hits([self.passages[i] for i in row_ids[:k]], [float(s) for s in row_scores[:k]], mode)
                 for row_ids, row_scores in zip(ids, scores)]
 
     def _bm25_search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         return bm25_retrieve(self._bm25, queries, k)
 
-    def _dense_search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        sims = self.embedder().encode(list(queries)) @ self.embeddings.T
+    def _dense_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = vectors @ self.embeddings.T
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(-sims, top, axis=1).argsort(axis=1, kind="stable")
         ids = np.take_along_axis(top, order, axis=1)
