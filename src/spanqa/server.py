@@ -47,7 +47,8 @@ class AskRequest(BaseModel):
 
 class AnswerOut(BaseModel):
     text: str
-    score: float = Field(description="Probability; for the no-answer result, the no-answer probability")
+    score: float = Field(description="Probability; for the no-answer result, the no-answer probability. With a "
+                                     "calibrated reader (/health: calibrated), the probability that the answer is right")
     start: int = Field(description="Character offset into the context (-1 for no answer)")
     end: int
 
@@ -212,7 +213,8 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": reader.path, "backend": type(reader.model).__name__,
-                "version_2": reader.settings.decoding.version_2, "index": retriever.describe() if retriever else None}
+                "version_2": reader.settings.decoding.version_2, "calibrated": reader.settings.calibration is not None,
+                "index": retriever.describe() if retriever else None}
 
     @app.post("/v1/answer", response_model=AnswersOut | list[AnswersOut])
     async def answer(request: AnswerRequest | list[AnswerRequest]):

@@ -74,7 +74,9 @@ def _print_summary(output_dir: str, metrics: dict) -> None:
 def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
                  data: str = typer.Argument(..., help="Dataset with answers (SQuAD v1.1/v2.0 JSON or JSONL)"),
                  output_dir: Optional[Path] = typer.Option(None, help="Write predictions and metrics here (default: MODEL/eval)"),
-                 calibrate: bool = typer.Option(False, "--calibrate", help="v2: store the best null threshold in MODEL/spanqa.json"),
+                 calibrate: bool = typer.Option(False, "--calibrate", help="Fit a calibration of answer scores (P(exact match)) "
+                                                "on this data and store it in MODEL/spanqa.json; v2: also the best null threshold"),
+                 report: bool = typer.Option(False, "--report", help="Also write report.html (and windows.json) beside the predictions"),
                  batch_size: Optional[int] = typer.Option(None, help="Default: 8 on CPU, 64 on GPU"),
                  max_samples: Optional[int] = None,
                  precision: str = typer.Option("fp32", help=PRECISION_HELP)) -> None:
@@ -82,10 +84,37 @@ def evaluate_cmd(model: str = typer.Argument(..., help="Reader folder or extract
     from spanqa.qa.evaluate import evaluate_reader
 
     try:
-        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples, precision)
+        metrics = evaluate_reader(model, data, output_dir, calibrate, batch_size, max_samples, precision, report)
     except ValueError as e:
         fail(str(e))
     print(json.dumps(metrics, indent=2))
+    if report:
+        print(f"report: {(output_dir or Path(model) / 'eval') / 'report.html'}")
+
+
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="Folder with predictions.json and nbest_predictions.json "
+                                                   "(an evaluation's output folder or a training run)"),
+               data: str = typer.Option(..., "--data", help="The dataset those predictions answer (with answers)"),
+               calibration: Optional[Path] = typer.Option(None, help="spanqa.json holding the calibration to show "
+                                                          "(default: the one in RUN or its parent, if any)"),
+               out: Optional[Path] = typer.Option(None, help="Folder for report.html (default: RUN)"),
+               worst: int = typer.Option(25, help="How many of the worst errors to show")) -> None:
+    """Build report.html again from prediction files, without running the model."""
+    from spanqa.qa.calibration import Calibration
+    from spanqa.qa.report import report_from_files
+
+    try:
+        cal = None
+        if calibration is not None:
+            stored = json.loads(calibration.read_text(encoding="utf-8")).get("calibration")
+            if not stored:
+                fail(f"{calibration}: no calibration stored (run spanqa evaluate MODEL DATA --calibrate)")
+            cal = Calibration.from_dict(stored)
+        path = report_from_files(run, data, cal, out, worst)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    print(f"report: {path}")
 
 
 @app.command("predict")

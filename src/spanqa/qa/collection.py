@@ -8,6 +8,10 @@ a softmax within each passage would put every passage on its own scale) plus RET
 the passage's retrieval relevance in [0, 1] (BERTserini-style fusion: the retriever knows which
 passage is on topic better than a small reader does). The reported score is a softmax of that
 ranking score over all candidate spans of the question, so it is comparable across passages.
+
+A reader with a calibration (`spanqa evaluate --calibrate`) instead ranks answers across passages by
+their calibrated probability of being right (each passage read on its own: P(exact match) of the span,
+times 1 - P(no answer) for v2 readers), and that probability is the reported score.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ RETRIEVAL_WEIGHT = 16.0
 @dataclass(frozen=True)
 class SourcedAnswer:
     text: str
-    score: float             # probability over all candidate spans of the question
+    score: float             # calibrated P(right) if the reader has a calibration, else a softmax over all candidates
     logit: float             # start_logit + end_logit
     doc_id: str
     title: str
@@ -69,6 +73,9 @@ def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], 
         if allow_no_answer and read and all(p.no_answer for p, _ in read):
             out.append([])  # a v2 reader (or its calibrated threshold) finds the answer in no passage
             continue
+        if reader.settings.calibration is not None:  # scores are already P(right), comparable across passages
+            out.append(_best_distinct([(a, a.score, hit) for p, hit in read for a in p.answers], top_k, True))
+            continue
         relevance = _relevance([hit.score for hit in row], mode)
         out.append(_best_distinct([(a, a.logit - p.null_score + RETRIEVAL_WEIGHT * r, hit)
                                    for (p, hit), r in zip(read, relevance) for a in p.answers], top_k))
@@ -99,14 +106,17 @@ def hard_negatives(examples: Sequence[Example], per_question: int = 1) -> list[E
     return out
 
 
-def _best_distinct(candidates: list, top_k: int) -> list[SourcedAnswer]:
+def _best_distinct(candidates: list, top_k: int, probabilities: bool = False) -> list[SourcedAnswer]:
     """The top_k (answer, ranking score, hit) candidates, one per distinct (normalized) answer text;
-    scores softmaxed over all candidates."""
+    scores softmaxed over all candidates (kept as they are when they already are `probabilities`)."""
     if not candidates:
         return []
     logits = np.array([score for _, score, _ in candidates])
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    if probabilities:
+        probs = logits
+    else:
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
     chosen, seen = [], set()
     for i in np.argsort(-logits, kind="stable"):
         answer, _, hit = candidates[i]

@@ -287,6 +287,19 @@ def _merge_same_text(cand: SpanCandidates, input_ids: np.ndarray) -> None:
     cand.score = merged[rows, order]
 
 
+def rescore(predictions: Sequence[Prediction], scores) -> None:
+    """Replace the answer and no-answer probabilities of decoded predictions (a calibration):
+    `scores(logit (E, K), null_score (E,))` -> (probability (E, K), null_probability (E,)), computed once
+    per decoded batch; logits, offsets and the no-answer decision are unchanged."""
+    batches = {id(p._spans): p._spans for p in predictions}
+    for spans in batches.values():
+        probability, null_probability = scores(spans.logit, spans.null_score)
+        spans.probability = np.asarray(probability, dtype=np.float64)
+        spans.null_probability = np.asarray(null_probability, dtype=np.float64)
+    for p in predictions:
+        p._answers = None  # built again, with the new scores
+
+
 def decode(examples: Sequence[Example], windows: Windows, start_logits: np.ndarray, end_logits: np.ndarray,
            settings: DecodeSettings = DecodeSettings()) -> list[Prediction]:
     """Predictions for `examples` from the logits of their `windows` (windows.example_index indexes examples)."""

@@ -58,6 +58,22 @@ def write_predictions(folder: str | Path, predictions: Sequence[Prediction], ver
         atomic_write_json(folder / "null_odds.json", {p.id: p.null_odds for p in predictions})
 
 
+def window_counts(examples: Sequence[Example], windows: Windows) -> dict[str, int]:
+    """{question id: number of windows} (the report's "by number of windows" table; windows.json)."""
+    counts = np.bincount(np.asarray(windows.example_index), minlength=len(examples))
+    return {e.id: int(c) for e, c in zip(examples, counts)}
+
+
+def write_report_files(folder: str | Path, examples: Sequence[Example], predictions: Sequence[Prediction],
+                       windows: Windows, calibration=None, title: str = "spanqa evaluation report") -> Path:
+    """report.html and windows.json beside the prediction files (`spanqa report` rebuilds from them)."""
+    from spanqa.qa.report import write_report
+
+    counts = window_counts(examples, windows)
+    atomic_write_json(Path(folder) / "windows.json", counts)
+    return write_report(folder, examples, predictions, calibration, counts, title=title)
+
+
 def evaluate_windows(model, examples: list[Example], windows: Windows, decoding: DecodeSettings,
                      batch_size: int, autocast_dtype=None, show: bool = True) -> tuple[dict, list]:
     """Valid loss, token accuracy, EM/F1 and predictions of a model on labelled windows."""
@@ -88,8 +104,15 @@ def _span_loss(start: np.ndarray, end: np.ndarray, windows: Windows) -> float:
 
 
 def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None, calibrate: bool = False,
-                    batch_size: int | None = None, max_samples: int | None = None, precision: str = "fp32") -> dict:
-    """Predictions and official metrics of a reader on labelled data; v2 `calibrate` stores the threshold."""
+                    batch_size: int | None = None, max_samples: int | None = None, precision: str = "fp32",
+                    report: bool = False) -> dict:
+    """Predictions and official metrics of a reader on labelled data.
+
+    `calibrate` fits a calibration of the answer scores on this data (`qa.calibration.fit_calibration`)
+    and stores it in MODEL/spanqa.json; for v2 data also the null threshold, the one that maximizes F1
+    (official sweep): it stays the reader's decision threshold, the calibration's P(no answer) = 0.5
+    point is recorded beside it (`calibration.no_answer.null_threshold`). `report` writes report.html.
+    Prediction files keep the decoder's uncalibrated probabilities (the report compares both)."""
     import json
     from dataclasses import replace
 
@@ -112,17 +135,28 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, reader.batch_size,
                                       reader.autocast_dtype)
     out = Path(output_dir) if output_dir else Path(reader.path) / "eval"
-    if calibrate and version_2:
-        threshold, calibrated = calibrate_threshold(examples, preds)
-        metrics.update(calibrated)
+    calibration = reader.settings.calibration
+    if calibrate:
+        from spanqa.qa.calibration import fit_calibration
+
         settings_path = Path(reader.path) / SETTINGS_FILE
         if not Path(reader.path).is_dir():
-            raise DataError(f"{model}: --calibrate needs a local reader folder to store the threshold")
+            raise DataError(f"{model}: --calibrate needs a local reader folder to store the calibration")
+        calibration = fit_calibration(examples, preds, version_2)
+        metrics["calibration"] = {k: calibration.fitted[k] for k in (
+            "chosen", "examples", "heldout_ece_before", "heldout_ece_after")}
         stored = json.loads(settings_path.read_text()) if settings_path.exists() else reader.settings.to_dict()
-        stored.setdefault("decoding", {}).update(null_threshold=threshold, version_2=True)
+        if version_2:
+            threshold, calibrated = calibrate_threshold(examples, preds)
+            metrics.update(calibrated)
+            stored.setdefault("decoding", {}).update(null_threshold=threshold, version_2=True)
+        stored["calibration"] = calibration.to_dict()
         atomic_write_json(settings_path, stored)
     write_predictions(out, preds, version_2)
     atomic_write_json(out / "metrics.json", metrics)
+    if report:
+        write_report_files(out, examples, preds, windows, calibration,
+                           title=f"spanqa evaluation report: {Path(reader.path).name} on {Path(data).name}")
     return metrics
 
 

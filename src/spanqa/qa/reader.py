@@ -13,7 +13,8 @@ import torch
 from spanqa.data.batches import model_inputs
 from spanqa.export import OnnxQAModel, is_onnx_folder
 from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, resolve_model
-from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode
+from spanqa.qa.calibration import Calibration
+from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
 from spanqa.qa.windows import Windows, WindowSettings, build_windows, check_settings
 
@@ -53,6 +54,7 @@ class ReaderSettings:
 
     windows: WindowSettings = WindowSettings()
     decoding: DecodeSettings = DecodeSettings()
+    calibration: Calibration | None = None  # `spanqa evaluate --calibrate`: scores become P(answer is right)
 
     @staticmethod
     def read(folder: str | Path) -> "ReaderSettings":
@@ -60,10 +62,15 @@ class ReaderSettings:
         if not path.exists():
             return ReaderSettings()
         data = json.loads(path.read_text())
-        return ReaderSettings(WindowSettings(**data.get("windows", {})), DecodeSettings(**data.get("decoding", {})))
+        calibration = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
+        return ReaderSettings(WindowSettings(**data.get("windows", {})), DecodeSettings(**data.get("decoding", {})),
+                              calibration)
 
     def to_dict(self) -> dict:
-        return {"windows": asdict(self.windows), "decoding": asdict(self.decoding)}
+        out = {"windows": asdict(self.windows), "decoding": asdict(self.decoding)}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return out
 
 
 class Reader:
@@ -106,19 +113,25 @@ class Reader:
         return compute_logits(self.model, windows, self.batch_size, self.device, self.autocast_dtype, on_batch)
 
     def predict(self, examples: Sequence[Example], decoding: DecodeSettings | None = None,
-                on_batch: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Predictions (n-best, null odds) for examples, decoded with the reader's settings."""
+                on_batch: Callable[[int], None] | None = None, calibrated: bool = True) -> list[Prediction]:
+        """Predictions (n-best, null odds) for examples, decoded with the reader's settings. With a stored
+        calibration (and `calibrated`), answer scores are probabilities of being right (exact match),
+        the no-answer probability is the calibrated one; otherwise the decoder's softmax."""
         if not examples:
             return []
         windows = build_windows(examples, self.tokenizer, self.settings.windows)
         start, end = self.logits(windows, on_batch)
-        return decode(examples, windows, start, end, decoding or self.settings.decoding)
+        predictions = decode(examples, windows, start, end, decoding or self.settings.decoding)
+        if calibrated and self.settings.calibration is not None:
+            rescore(predictions, self.settings.calibration.probabilities)
+        return predictions
 
     def answer_many(self, pairs: Iterable[tuple[str, str]], top_k: int = 1) -> list[list[Answer]]:
         """Answers for many (question, context) pairs in one batched pass; [] where no span exists.
 
         When the model or the calibrated threshold says "no answer", the first answer has empty
-        text, offsets -1 and, as score, the no-answer probability.
+        text, offsets -1 and, as score, the no-answer probability. Scores are calibrated
+        probabilities of being right when the reader has a calibration (`ReaderSettings.calibration`).
         """
         examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
         decoding = self.settings.decoding

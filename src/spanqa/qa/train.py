@@ -20,7 +20,7 @@ from spanqa.files import atomic_write_json
 from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, max_positions
 from spanqa.progress import progress_bar
 from spanqa.qa.config import TrainConfig, default_data_file
-from spanqa.qa.evaluate import calibrate_threshold, evaluate_windows, write_predictions
+from spanqa.qa.evaluate import calibrate_threshold, evaluate_windows, write_predictions, write_report_files
 from spanqa.qa.reader import ReaderSettings
 from spanqa.qa.squad import Dataset, Example, ExampleStream, load_dataset
 from spanqa.qa.windows import Windows, cached_windows, check_settings, streamed_windows
@@ -67,7 +67,7 @@ class QATask:
                                 self.config.eval_batch_size, autocast_dtype)
 
     def finish(self, model, out: Path, metrics: dict, predictions: list) -> dict:
-        """v2 threshold calibration, then the reader folder and its prediction files."""
+        """v2 threshold calibration, then the reader folder, its prediction files and report.html."""
         config = self.config
         decoding = config.decoding
         if config.version_2:
@@ -79,6 +79,8 @@ class QATask:
         atomic_write_json(out / SETTINGS_FILE, {**ReaderSettings(config.windows, decoding).to_dict(),
                                                 "training": config.to_dict(), "version_2": config.version_2})
         write_predictions(out, predictions, config.version_2)
+        write_report_files(out, self.dev_set.examples, predictions, self.dev_w,
+                           title=f"spanqa evaluation report: {out.name} (final evaluation)")
         return {"train_questions": config.max_train_samples}
 
 
