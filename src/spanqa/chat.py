@@ -69,7 +69,7 @@ def chat(reader: Reader, lines: Iterator[str], console: Console, context: str = 
                               f"  [dim]score {a.score:.3f} · {escape(a.source())}[/]")
         elif not context.strip():
             console.print("no passage yet: give one with :load FILE or :context TEXT")
-        else:
+        else:  # the reader keeps the passage's tokens between questions: tokenized once per passage
             _print_answers(console, context, reader.answer(line, context, top_k=top_k))
     console.print("bye")
 

@@ -16,7 +16,7 @@ from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, resolve_
 from spanqa.qa.calibration import Calibration
 from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
-from spanqa.qa.windows import Windows, WindowSettings, build_windows, check_settings
+from spanqa.qa.windows import WindowEncoder, Windows, WindowSettings, check_settings
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -82,7 +82,7 @@ class Reader:
 
     def __init__(self, model, tokenizer, settings: ReaderSettings | None = None,
                  device: torch.device | None = None, batch_size: int | None = None, path: str = "",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", cache_contexts: int = 32):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.settings = settings or ReaderSettings()
@@ -93,13 +93,17 @@ class Reader:
         # small batches are faster on CPU (measured: 8 beat 16-64 with MiniLM on 2 cores, bench/infer_cpu.py)
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
         self.path = path
+        # encoded contexts kept across calls: chat and repeated answer_many tokenize a passage once
+        self.cache_contexts = cache_contexts
+        self.encoder: WindowEncoder | None = None  # made on first use, again when the window settings change
         check_settings(tokenizer, self.settings.windows, getattr(model.config, "max_position_embeddings", None))
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, precision: str = "fp32") -> "Reader":
+             trust_remote_code: bool = False, precision: str = "fp32", cache_contexts: int = 32) -> "Reader":
         """A reader from a trained folder (with spanqa.json), an exported ONNX folder (`spanqa export`)
-        or any extractive-QA model id/folder. `precision` "bf16" autocasts torch models (CPU or GPU)."""
+        or any extractive-QA model id/folder. `precision` "bf16" autocasts torch models (CPU or GPU).
+        The encodings of the last `cache_contexts` distinct contexts are kept for later calls (0: none)."""
         path = resolve_model(path_or_id)
         settings = ReaderSettings.read(path) if Path(path).exists() else ReaderSettings()
         if is_onnx_folder(path):
@@ -107,7 +111,15 @@ class Reader:
         else:
             model = load_qa_model(path, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path, precision)
+        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path, precision,
+                   cache_contexts)
+
+    def windows(self, examples: Sequence[Example]) -> Windows:
+        """Model windows of `examples`, from one encoder kept while the window settings stay the same."""
+        encoder = self.encoder
+        if encoder is None or encoder.settings != self.settings.windows:  # settings may be reassigned
+            encoder = self.encoder = WindowEncoder(self.tokenizer, self.settings.windows, self.cache_contexts)
+        return encoder(examples)
 
     def logits(self, windows: Windows, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         return compute_logits(self.model, windows, self.batch_size, self.device, self.autocast_dtype, on_batch)
@@ -119,7 +131,7 @@ class Reader:
         the no-answer probability is the calibrated one; otherwise the decoder's softmax."""
         if not examples:
             return []
-        windows = build_windows(examples, self.tokenizer, self.settings.windows)
+        windows = self.windows(examples)
         start, end = self.logits(windows, on_batch)
         predictions = decode(examples, windows, start, end, decoding or self.settings.decoding)
         if calibrated and self.settings.calibration is not None:

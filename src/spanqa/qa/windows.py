@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
@@ -93,7 +95,7 @@ def iter_windows(examples: Iterable[Example], tokenizer, settings: WindowSetting
                  batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> Iterator[Windows]:
     """Yield `Windows` for `examples`, `batch_size` examples at a time (bounded memory)."""
     check_settings(tokenizer, settings)
-    encoder = _WindowEncoder(tokenizer, settings)
+    encoder = WindowEncoder(tokenizer, settings)
     examples, done = iter(examples), 0
     while batch := list(islice(examples, batch_size)):
         yield encoder(batch, done)
@@ -143,31 +145,66 @@ class _Template:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-class _WindowEncoder:
+class WindowEncoder:
     """Tokenizes each distinct context and question once, then cuts windows with numpy.
 
     SQuAD asks ~5 questions per paragraph; tokenizing (question, context) pairs, as HF run_qa does,
     tokenizes every paragraph ~5 times. Segments are tokenized independently by the tokenizer's own
     pair encoding too, so the windows are identical to its `return_overflowing_tokens` output
     (a test checks this); the template of special tokens comes from the tokenizer itself.
+
+    With `cache_contexts` > 0 the encoded contexts of the last that many distinct contexts are
+    kept across calls (LRU), so a reader asked question after question about one passage (chat,
+    successive `answer_many` calls, server batches) tokenizes it once. A context's encoding
+    depends only on the text and this encoder's tokenizer copy, so cached and fresh windows are
+    identical. Thread-safe: the server reads from more than one thread.
     """
 
-    def __init__(self, tokenizer, settings: WindowSettings):
+    def __init__(self, tokenizer, settings: WindowSettings, cache_contexts: int = 0):
         self.tokenizer, self.settings = tokenizer, settings
         self.pad_right = tokenizer.padding_side == "right"
+        # copying the backend serializes the whole vocabulary (~50 ms for MiniLM): once per encoder
         self.backend = _backend_copy(tokenizer)
         self.template = _Template.of(self.backend)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+        self.cache_contexts = cache_contexts
+        self._contexts: OrderedDict[str, _EncodedContext] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def __call__(self, batch: Sequence[Example], first_index: int) -> Windows:
+    def encode_contexts(self, contexts: Sequence[str]) -> list["_EncodedContext"]:
+        """Token ids, character offsets and word starts of each context (from the cache when held)."""
+        found: dict[str, _EncodedContext] = {}
+        if self.cache_contexts:
+            with self._lock:
+                for c in contexts:
+                    if (hit := self._contexts.get(c)) is not None:
+                        self._contexts.move_to_end(c)
+                        found[c] = hit
+        missing = [c for c in dict.fromkeys(contexts) if c not in found]
+        if missing:
+            for c, enc in zip(missing, self.backend.encode_batch(missing, add_special_tokens=False)):
+                found[c] = _EncodedContext.of(enc)
+            if self.cache_contexts:
+                with self._lock:
+                    self._contexts.update((c, found[c]) for c in missing)
+                    while len(self._contexts) > self.cache_contexts:
+                        self._contexts.popitem(last=False)
+        return [found[c] for c in contexts]
+
+    def clear(self) -> None:
+        """Forget the cached contexts."""
+        with self._lock:
+            self._contexts.clear()
+
+    def __call__(self, batch: Sequence[Example], first_index: int = 0) -> Windows:
         length, stride = self.settings.max_seq_length, self.settings.doc_stride
         contexts = list(dict.fromkeys(e.context for e in batch))
         context_row = {c: i for i, c in enumerate(contexts)}
-        c_enc = self.backend.encode_batch(contexts, add_special_tokens=False)
-        c_ids = [np.array(e.ids, dtype=np.int32) for e in c_enc]
-        c_offsets = [np.array(e.offsets, dtype=np.int32).reshape(-1, 2) for e in c_enc]
-        c_word_start = [_word_starts(e.word_ids) for e in c_enc]
+        encoded = self.encode_contexts(contexts)
+        c_ids = [e.ids for e in encoded]
+        c_offsets = [e.offsets for e in encoded]
+        c_word_start = [e.word_start for e in encoded]
         q_ids = [e.ids[:self.settings.max_query_length] for e in
                  self.backend.encode_batch([e.question.lstrip() for e in batch], add_special_tokens=False)]
 
@@ -219,6 +256,23 @@ class _WindowEncoder:
                        max_context=_max_context(sample, offsets, is_context),
                        example_index=(sample + first_index).astype(np.int32),
                        start_positions=starts, end_positions=ends, cls_index=cls_index, word_start=word_start)
+
+
+@dataclass(frozen=True)
+class _EncodedContext:
+    """One context's tokens (read-only arrays: cached ones are shared between calls)."""
+
+    ids: np.ndarray         # (T,) int32
+    offsets: np.ndarray     # (T, 2) int32 character span of each token
+    word_start: np.ndarray  # (T,) bool
+
+    @staticmethod
+    def of(encoding) -> "_EncodedContext":
+        arrays = (np.array(encoding.ids, dtype=np.int32), np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2),
+                  _word_starts(encoding.word_ids))
+        for a in arrays:
+            a.flags.writeable = False
+        return _EncodedContext(*arrays)
 
 
 def _word_starts(word_ids: list[int | None]) -> np.ndarray:
