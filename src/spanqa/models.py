@@ -66,6 +66,14 @@ def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, **k
     return _load(AutoModelForQuestionAnswering, name_or_path, "question-answering model", trust_remote_code, **kwargs)
 
 
+def load_classifier_model(name_or_path: str | None, trust_remote_code: bool = False, **kwargs):
+    """An `AutoModelForSequenceClassification` from safetensors weights only (`kwargs`: num_labels, id2label, ...)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(AutoModelForSequenceClassification, name_or_path, "sequence-classification model",
+                 trust_remote_code, **kwargs)
+
+
 def load_encoder(name_or_path: str | None, trust_remote_code: bool = False):
     """The bare encoder (`AutoModel`), e.g. for sentence embeddings; safetensors weights only."""
     from transformers import AutoModel
