@@ -180,13 +180,18 @@ class BodyLimit:
 
 
 def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=None) -> FastAPI:
-    """The FastAPI app serving `reader` (and `retriever`, a `spanqa.index.Retriever`, for /v1/ask)."""
+    """The FastAPI app serving `reader` (and `retriever`, a DocumentStore: an Index or a PostgresStore,
+    whose connection pool the request threads share, for /v1/ask)."""
     batcher = MicroBatcher(reader.answer_many, max_items=limits.max_batch_items)
 
     async def lifespan(app: FastAPI):
+        if retriever is not None:  # fail at start, not at the first question: reachable, the right embedder
+            await asyncio.to_thread(_check_store, retriever)
         batcher.start()
         yield
         await batcher.stop()
+        if retriever is not None and hasattr(retriever, "close"):
+            retriever.close()
 
     app = FastAPI(title="spanqa", version="0.1.0", lifespan=lifespan,
                   description="Extractive question answering: the span of the context that answers the question.")
@@ -239,8 +244,17 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
         check_top_k(request.top_k)
         from spanqa.qa.collection import ask_collection
 
-        answers = await in_time(asyncio.to_thread(ask_collection, reader, retriever, request.question,
-                                                  request.top_k, request.passages, request.mode))
+        from spanqa.data.documents import CollectionError
+
+        try:
+            answers = await in_time(asyncio.to_thread(ask_collection, reader, retriever, request.question,
+                                                      request.top_k, request.passages, request.mode))
+        except CollectionError as e:  # e.g. an empty store
+            raise HTTPException(409, str(e)) from None
+        except Exception as e:  # the database is down or every pooled connection is busy: retry later
+            if type(e).__module__.split(".")[0] in ("psycopg", "psycopg_pool"):
+                raise HTTPException(503, f"the document store is unavailable: {e}") from None
+            raise
         return {"answers": [a.to_dict() for a in answers]}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -249,6 +263,13 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     return app
+
+
+def _check_store(store) -> None:
+    """Reach the store and load its embedding model (checked against the stored fingerprint); an
+    empty store is fine (documents may be indexed while the server runs)."""
+    if store.count():
+        store.embedder()
 
 
 def serve(reader: Reader, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),

@@ -28,3 +28,28 @@ def load_index(folder: Path):
         return Index.load(folder)
     except CollectionError as e:
         fail(str(e))
+
+
+def load_store(location: str, **kwargs):
+    """The document store at `location`: a postgresql:// URL (?schema=NAME optional) or an index folder."""
+    from spanqa.data.documents import CollectionError
+    from spanqa.retrieval.store import open_store
+
+    try:
+        return open_store(str(location), **kwargs)
+    except CollectionError as e:
+        fail(str(e))
+    except ImportError as e:
+        fail(f"the PostgreSQL store needs its extra ({e.name} is missing): pip install 'spanqa[postgres]'")
+
+
+def load_collection(index: Path | None, store: str | None, **kwargs):
+    """The collection of `--index DIR` or `--store URL` (one of them), or None when neither is given."""
+    if index is not None and store is not None:
+        fail("give a collection with --index DIR or --store URL, not both")
+    if store is not None:
+        return load_store(store, **kwargs)
+    return load_index(index) if index is not None else None
+
+
+STORE_HELP = "A document store: postgresql://user@host/db[?schema=NAME] (or an index folder)"

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from spanqa.cli.common import PRECISION_HELP, app, fail, load_index
+from spanqa.cli.common import PRECISION_HELP, STORE_HELP, app, fail, load_collection
 
 
 @app.command("ask")
@@ -20,19 +20,21 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             context: Optional[str] = typer.Option(None, "-c", "--context", help="The passage"),
             context_file: Optional[Path] = typer.Option(None, help="Read the passage from a file"),
             index: Optional[Path] = typer.Option(None, help="Answer from this document index (spanqa index)"),
-            passages: int = typer.Option(5, help="With --index: passages to retrieve and read"),
-            mode: str = typer.Option("hybrid", help="With --index: bm25, dense or hybrid retrieval"),
+            store: Optional[str] = typer.Option(None, "--store", help=f"Or from a store. {STORE_HELP}"),
+            passages: int = typer.Option(5, help="With --index/--store: passages to retrieve and read"),
+            mode: str = typer.Option("hybrid", help="With --index/--store: bm25, dense or hybrid retrieval"),
             top_k: int = typer.Option(1, help="How many answers"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer one question about a passage, or about a whole indexed collection."""
     from spanqa.qa.reader import Reader
 
-    if sum(x is not None for x in (context, context_file, index)) != 1:
-        fail("give the passage with -c TEXT or --context-file FILE, or a collection with --index DIR (one of them)")
+    if sum(x is not None for x in (context, context_file, index, store)) != 1:
+        fail("give the passage with -c TEXT or --context-file FILE, or a collection with --index DIR or "
+             "--store URL (one of them)")
     if not question.strip():
         fail("the question must not be empty")
-    if index is not None:
-        sourced = _ask_index(Reader.load(model), index, question, top_k, passages, mode)
+    if index is not None or store is not None:
+        sourced = _ask_collection(model, index, store, question, top_k, passages, mode)
         if as_json:
             print(json.dumps({"answers": [a.to_dict() for a in sourced]}, indent=2, ensure_ascii=False))
             return
@@ -58,19 +60,29 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             print(f"{a.text}\t(score {a.score:.3f}, characters {a.start}-{a.end})")
 
 
-def _ask_index(reader, folder: Path, question: str, top_k: int, passages: int, mode: str):
+def _ask_collection(model: str, folder: Optional[Path], store: Optional[str], question: str, top_k: int,
+                    passages: int, mode: str):
+    from spanqa.data.documents import CollectionError
     from spanqa.qa.collection import ask_collection
+    from spanqa.qa.reader import Reader
     from spanqa.retrieval.index import MODES
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}")
-    return ask_collection(reader, load_index(folder), question, top_k, passages, mode)
+    collection = load_collection(folder, store)
+    try:
+        return ask_collection(Reader.load(model), collection, question, top_k, passages, mode)
+    except CollectionError as e:
+        fail(str(e))
+    finally:
+        getattr(collection, "close", lambda: None)()
 
 
 @app.command("chat")
 def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-QA model id"),
              context_file: Optional[Path] = typer.Option(None, help="Start with the passage in this file"),
              index: Optional[Path] = typer.Option(None, help="Ask a document index (spanqa index) instead"),
+             store: Optional[str] = typer.Option(None, "--store", help=f"Or ask a store. {STORE_HELP}"),
              top_k: int = typer.Option(1, help="Answers per question")) -> None:
     """Ask many questions about a passage (or a collection); :load FILE switches passage, :quit leaves."""
     from spanqa.chat import chat
@@ -85,8 +97,8 @@ def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-
     out = Console(soft_wrap=True)
     reader = Reader.load(model)
     collection = None
-    if index is not None:
-        loaded = load_index(index)
+    loaded = load_collection(index, store)
+    if loaded is not None:
         collection = lambda question: ask_collection(reader, loaded, question, top_k)  # noqa: E731
     chat(reader, _input_lines(out), out, context, collection, top_k)
 
@@ -113,14 +125,25 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONN
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
               timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
               precision: str = typer.Option("fp32", help=PRECISION_HELP),
-              index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index")) -> None:
+              index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index"),
+              store: Optional[str] = typer.Option(None, "--store", help=f"Or over a store. {STORE_HELP}"),
+              store_connections: int = typer.Option(8, help="With a PostgreSQL --store: the connection pool's size")) -> None:
     """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /."""
     from spanqa.qa.reader import Reader
     from spanqa.server import ServerLimits, serve
 
     limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                           max_batch_items=max_batch_items, timeout_s=timeout)
-    serve(Reader.load(model, precision=precision), host, port, limits, load_index(index) if index else None)
+    from spanqa.data.documents import CollectionError
+    from spanqa.server import _check_store
+
+    collection = load_collection(index, store, **({"pool_size": store_connections} if store else {}))
+    if collection is not None:
+        try:
+            _check_store(collection)  # reachable, and its embedding model is the one that wrote it
+        except CollectionError as e:
+            fail(str(e))
+    serve(Reader.load(model, precision=precision), host, port, limits, collection)
 
 
 @app.command("export")

@@ -24,7 +24,8 @@ import numpy as np
 from spanqa.qa.metrics import normalize_answer
 from spanqa.qa.reader import Reader
 from spanqa.qa.squad import Example
-from spanqa.retrieval.index import Index, bm25_index, bm25_retrieve
+from spanqa.retrieval.index import bm25_index, bm25_retrieve
+from spanqa.retrieval.store import DocumentStore
 
 # The best of 0/1/2/4/8/16 on dev-v1.1 questions 5000-5499 (F1 of retrieve+read with
 # runs/open-reader: 44.6, 47.8, 49.3, 51.6, 53.8, 53.9); bench/open_squad.py reports questions 0-999.
@@ -53,14 +54,15 @@ class SourcedAnswer:
         return asdict(self)
 
 
-def ask_collection(reader: Reader, index: Index, question: str, top_k: int = 1, passages: int = 5,
+def ask_collection(reader: Reader, index: DocumentStore, question: str, top_k: int = 1, passages: int = 5,
                    mode: str = "hybrid", allow_no_answer: bool = True) -> list[SourcedAnswer]:
-    """The `top_k` best answers to `question` from the `passages` best passages of `index`;
+    """The `top_k` best answers to `question` from the `passages` best passages of `index` (any
+    DocumentStore: an index folder loaded in process, or PostgreSQL);
     [] when a v2 reader says no passage holds an answer (unless `allow_no_answer` is False)."""
     return ask_collection_many(reader, index, [question], top_k, passages, mode, allow_no_answer)[0]
 
 
-def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], top_k: int = 1, passages: int = 5,
+def ask_collection_many(reader: Reader, index: DocumentStore, questions: Sequence[str], top_k: int = 1, passages: int = 5,
                         mode: str = "hybrid", allow_no_answer: bool = True) -> list[list[SourcedAnswer]]:
     """`ask_collection` for many questions: one retrieval call and one batched reading pass."""
     hits = index.search_many(questions, passages, mode)
@@ -76,18 +78,10 @@ def ask_collection_many(reader: Reader, index: Index, questions: Sequence[str], 
         if reader.settings.calibration is not None:  # scores are already P(right), comparable across passages
             out.append(_best_distinct([(a, a.score, hit) for p, hit in read for a in p.answers], top_k, True))
             continue
-        relevance = _relevance([hit.score for hit in row], mode)
-        out.append(_best_distinct([(a, a.logit - p.null_score + RETRIEVAL_WEIGHT * r, hit)
-                                   for (p, hit), r in zip(read, relevance) for a in p.answers], top_k))
+        # hit.relevance: the store's [0, 1] scale, the same for every store and mode
+        out.append(_best_distinct([(a, a.logit - p.null_score + RETRIEVAL_WEIGHT * hit.relevance, hit)
+                                   for p, hit in read for a in p.answers], top_k))
     return out
-
-
-def _relevance(scores: list[float], mode: str) -> list[float]:
-    """Retrieval scores on [0, 1]: hybrid scores already are; BM25 and cosine scores are min-max scaled."""
-    if mode == "hybrid" or not scores:
-        return scores
-    lo, hi = min(scores), max(scores)
-    return [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in scores]
 
 
 def hard_negatives(examples: Sequence[Example], per_question: int = 1) -> list[Example]:

@@ -88,6 +88,15 @@ class DocumentStore(Protocol):
         embeddings, needed by dense and hybrid."""
         ...
 
+    def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "hybrid") -> list[list[Hit]]:
+        """`retrieve` with the queries embedded by the store's own embedding model (checked against
+        the recorded fingerprint when first loaded)."""
+        ...
+
+    def describe(self) -> dict:
+        """passages, documents, embedding_model: what /health shows."""
+        ...
+
 
 def check_mode(mode: str) -> None:
     """Raise CollectionError for an unknown search mode."""
@@ -127,12 +136,27 @@ def embedding_mismatch(name: str, fingerprint: str, embedder: EmbedderLike, what
             f"compare unrelated vectors; use {name!r} or rebuild the {what}")
 
 
+def is_database_url(location: str) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
 def open_store(location: str, **kwargs) -> DocumentStore:
-    """The store at `location`: a postgresql:// URL or an index folder."""
-    if location.startswith(("postgresql://", "postgres://")):
+    """The store at `location`: a postgresql:// URL or an index folder. A URL may name the schema that
+    holds spanqa's tables with a `schema` query parameter (postgresql://host/db?schema=team_a; default
+    spanqa); its other parameters go to libpq (sslmode=require, ...)."""
+    if is_database_url(location):
+        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
         from .postgres import PostgresStore
 
+        parts = urlsplit(location)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schemas = [v for k, v in query if k == "schema"]
+        if schemas:
+            kwargs.setdefault("schema", schemas[-1])
+            location = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
         return PostgresStore(location, **kwargs)
     from .index import Index
 
+    kwargs.pop("pool_size", None)  # a PostgreSQL setting; the in-process index has no connections
     return Index.load(location, **kwargs)
