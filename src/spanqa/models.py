@@ -23,14 +23,20 @@ def packaged_encoder_path() -> Path:
     return Path(str(root))
 
 
-def resolve_model(name_or_path: str | os.PathLike | None) -> str:
-    """A local folder for the default or a path; a hub id is returned unchanged."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def resolve_model(name_or_path: str | os.PathLike | None, tokenizer_only: bool = False) -> str:
+    """A local folder for the default or a path; a hub id is returned unchanged. With `tokenizer_only`,
+    a folder holding just a tokenizer (`spanqa tokenizer train`) is accepted too."""
     if name_or_path is None or str(name_or_path) in (DEFAULT_ENCODER, "default"):
         return str(packaged_encoder_path())
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{path} is not a model folder (no config.json)")
+        wanted = ("config.json", *TOKENIZER_FILES) if tokenizer_only else ("config.json",)
+        if not any((path / f).exists() for f in wanted):
+            raise ModelError(f"{path} is not a {'tokenizer or ' if tokenizer_only else ''}model folder "
+                             f"(no {' or '.join(wanted)})")
         return str(path)
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         raise ModelError(f"model folder {name_or_path} does not exist")
@@ -41,7 +47,7 @@ def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
     """A fast tokenizer (character offsets are required)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path)
+    path = resolve_model(name_or_path, tokenizer_only=True)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -99,3 +105,52 @@ def _load(auto_class, name_or_path: str | None, what: str, trust_remote_code: bo
         raise ModelError(f"cannot load a {what} from {path!r}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def load_mlm_model(name_or_path: str | None, trust_remote_code: bool = False):
+    """An `AutoModelForMaskedLM`; an encoder shipped without an MLM head (the packaged MiniLM) gets a new
+    one whose output projection is tied to the word embeddings, as in BERT."""
+    from transformers import AutoModelForMaskedLM
+
+    model = _load(AutoModelForMaskedLM, name_or_path, "masked-LM model", trust_remote_code)
+    if getattr(model.config, "tie_word_embeddings", True):
+        model.tie_weights()
+    return model
+
+
+# BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better"): layers, hidden, heads
+BERT_SIZES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8)}
+
+
+def new_bert_mlm(size: str, tokenizer, max_positions: int = 512, pre_ln: bool = False):
+    """A randomly initialised BERT masked-LM of a named size for `tokenizer`'s vocabulary.
+
+    Post-LN is BERT itself (`BertForMaskedLM`); `pre_ln` builds transformers' RoBERTa-PreLayerNorm (the
+    same encoder with LayerNorm before each sublayer, as in GPT-2 and most recent encoders)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+    if size not in BERT_SIZES:
+        raise ModelError(f"unknown size {size!r}; choose one of {', '.join(BERT_SIZES)}")
+    layers, hidden, heads = BERT_SIZES[size]
+    shape = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                 intermediate_size=4 * hidden, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
+    if pre_ln:
+        # RoBERTa numbers positions from pad_token_id + 1: two more position embeddings for the same length
+        config = RobertaPreLayerNormConfig(**shape, max_position_embeddings=max_positions + tokenizer.pad_token_id + 1)
+        model = RobertaPreLayerNormForMaskedLM(config)
+    else:
+        model = BertForMaskedLM(BertConfig(**shape, max_position_embeddings=max_positions))
+    return model.to(torch.float32)
+
+
+def has_qa_head(name_or_path: str | None) -> bool:
+    """Does the model folder hold a question-answering reader (a QA head on the encoder)?"""
+    import json
+
+    path = Path(resolve_model(name_or_path))
+    config = path / "config.json"
+    if not config.exists():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any("QuestionAnswering" in a for a in architectures)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from spanqa.cli import classify, collections, data, qa, use  # noqa: F401  (registers the commands)
+from spanqa.cli import adapt, classify, collections, data, qa, use  # noqa: F401  (registers the commands)
 from spanqa.cli.common import app, console
 
 

@@ -67,7 +67,7 @@ def _print_summary(output_dir: str, metrics: dict) -> None:
           f"  serve:    spanqa serve {output_dir}   (web page and API on http://127.0.0.1:8000)\n"
           f"  faster:   spanqa export {output_dir} --onnx --int8\n"
           f"  evaluate: spanqa evaluate {output_dir} DATA.json\n"
-          f"  python:   from spanqa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
+          f"  python:   from spanqa.qa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
 
 
 @app.command("evaluate")

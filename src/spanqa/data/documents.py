@@ -29,19 +29,25 @@ class Document:
 def read_documents(paths: Iterable[str | Path], field: str = "text") -> tuple[list[Document], list[str]]:
     """Documents of all files (folders are walked) and notes on what was skipped (empty, duplicate)."""
     docs, notes, seen = [], [], set()
-    for path in _files(paths):
-        for doc in _read_file(path, field):
-            if not doc.text.strip():
-                notes.append(f"{doc.path}: document {doc.doc_id!r} is empty; nothing to index")
-            elif doc.text in seen:
-                notes.append(f"{doc.path}: document {doc.doc_id!r} repeats an earlier text; indexed once")
-            else:
-                seen.add(doc.text)
-                docs.append(doc)
+    for doc in iter_documents(paths, field):
+        if not doc.text.strip():
+            notes.append(f"{doc.path}: document {doc.doc_id!r} is empty; nothing to index")
+        elif doc.text in seen:
+            notes.append(f"{doc.path}: document {doc.doc_id!r} repeats an earlier text; indexed once")
+        else:
+            seen.add(doc.text)
+            docs.append(doc)
     return docs, notes
 
 
-def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
+def iter_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[Document]:
+    """Every document of the files (folders walked, in name order), one file at a time: a corpus of any
+    size streams through in bounded memory (only a single PDF or JSON file is held whole)."""
+    for path in document_files(paths):
+        yield from _read_file(path, field)
+
+
+def document_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             yield from sorted(f for f in p.rglob("*") if f.is_file() and _kind(f))

@@ -136,7 +136,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
             while position < usable and state.step < total_steps:
                 group = batches[position:position + config.grad_accum * processes]
                 for micro in group[accelerator.process_index::processes]:
-                    loss = task.loss(model, micro, device, state.epoch) / config.grad_accum
+                    with accelerator.autocast():  # also for tasks that call parts of the model directly
+                        loss = task.loss(model, micro, device, state.epoch) / config.grad_accum
                     accelerator.backward(loss)
                     window_loss += loss.item() * config.grad_accum * len(micro)
                     window_n += len(micro)
