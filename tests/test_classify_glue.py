@@ -5,7 +5,13 @@ import json
 
 import pytest
 
-from spanqa.classify.glue import DataFormat, TextDataset, check_same_labels, label_names, load_texts
+from spanqa.classify.glue import (
+    DataFormat,
+    TextDataset,
+    check_same_labels,
+    label_names,
+    load_texts,
+)
 from spanqa.data.sources import DataError
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"

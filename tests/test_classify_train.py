@@ -82,9 +82,20 @@ def test_tiny_model_learns_the_toy_task_and_writes_a_classifier(tmp_path, tiny_m
     assert [r["label"] for r in rows] == ["1", "0"] and "gold" not in rows[0]
 
 
+def test_pinned_loss(tmp_path, tiny_model):
+    """Fixed seed, tiny model, 6 steps: a silent change in data order, tokenization, labels or the loss moves this."""
+    train(toy_config(tmp_path, tiny_model, max_steps=6, log_steps=1))
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    losses = [round(h["training_loss"], 4) for h in history if "training_loss" in h]
+    assert losses == pytest.approx(PINNED_LOSSES, abs=2e-3), losses
+
+
+PINNED_LOSSES = [0.6916, 0.7031, 0.697, 0.6991, 0.6892, 0.6861]
+
+
 def test_resume_after_interruption_gives_the_same_weights(tmp_path, tiny_model):
     # checkpoints every 4 steps, losses logged every 2: the resumed run's loss windows line up too
-    settings = dict(max_steps=10, save_steps=4, log_steps=2)
+    settings = {"max_steps": 10, "save_steps": 4, "log_steps": 2}
     train(toy_config(tmp_path / "a", tiny_model, **settings))
     interrupted = toy_config(tmp_path / "b", tiny_model, **settings)
 

@@ -8,9 +8,9 @@ max_seq_length).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,13 @@ from spanqa.classify.glue import DataFormat, TextExample
 from spanqa.classify.inputs import SentenceTable, build_table
 from spanqa.data.batches import model_inputs
 from spanqa.files import atomic_write_text
-from spanqa.models import SETTINGS_FILE, ModelError, load_classifier_model, load_tokenizer, resolve_model
+from spanqa.models import (
+    SETTINGS_FILE,
+    ModelError,
+    load_classifier_model,
+    load_tokenizer,
+    resolve_model,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TASK = "classify"  # the "task" of a classifier folder's spanqa.json
@@ -38,7 +44,7 @@ class ClassifierSettings:
                 "regression": self.format.is_regression, "labels": self.labels, "max_seq_length": self.max_seq_length}
 
     @staticmethod
-    def read(folder: str | Path) -> "ClassifierSettings":
+    def read(folder: str | Path) -> ClassifierSettings:
         path = Path(folder) / SETTINGS_FILE
         if not path.exists():
             raise ModelError(f"{folder}: no {SETTINGS_FILE}; train a classifier with `spanqa classify train`")
@@ -69,7 +75,7 @@ def compute_logits(model, table: SentenceTable, batch_size: int = 64, device: to
     device = device or next(model.parameters()).device
     order = np.argsort(-np.asarray(table.attention_mask).sum(axis=1), kind="stable")
     out = np.zeros((len(table), model.config.num_labels), dtype=np.float32)
-    was_training = model.training
+    was_training = getattr(model, "training", False)  # an ONNX Runtime model has no training mode
     model.eval()
     for lo in range(0, len(table), batch_size):
         index = np.sort(order[lo:lo + batch_size])
@@ -78,7 +84,8 @@ def compute_logits(model, table: SentenceTable, batch_size: int = 64, device: to
             out[index] = model(**inputs).logits.float().cpu().numpy()
         if on_batch:
             on_batch(len(index))
-    model.train(was_training)
+    if was_training:
+        model.train()
     return out
 
 
@@ -133,7 +140,7 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str, device: str | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, precision: str = "fp32") -> "Classifier":
+             trust_remote_code: bool = False, precision: str = "fp32") -> Classifier:
         """A classifier from a folder written by `spanqa classify train`."""
         folder = resolve_model(path)
         settings = ClassifierSettings.read(folder)

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spanqa.classify.classifier import Classifier, predictions_from_logits, write_predictions
+from spanqa.classify.classifier import (
+    Classifier,
+    predictions_from_logits,
+    write_predictions,
+)
 from spanqa.classify.glue import DataFormat, TextDataset, load_texts
 from spanqa.classify.inputs import label_array
 from spanqa.classify.metrics import classification_scores

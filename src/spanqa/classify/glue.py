@@ -11,11 +11,20 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from spanqa.data.sources import DataError, Location, Problem, hub_records, looks_like_path, open_text, read_jsonl
+from spanqa.data.sources import (
+    DataError,
+    Location,
+    Problem,
+    hub_records,
+    looks_like_path,
+    open_text,
+    read_jsonl,
+)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from spanqa.classify.glue import TextExample
-from spanqa.data.cache import cache_folder, fingerprint_tokenizer, is_cached, open_cache, write_cache
+from spanqa.data.cache import (
+    cache_folder,
+    fingerprint_tokenizer,
+    is_cached,
+    open_cache,
+    write_cache,
+)
 
 CACHE_FORMAT = 1  # bump when the cached layout changes
 
@@ -33,7 +39,7 @@ class SentenceTable:
         return len(self.input_ids)
 
     @staticmethod
-    def concat(parts: Sequence["SentenceTable"]) -> "SentenceTable":
+    def concat(parts: Sequence[SentenceTable]) -> SentenceTable:
         return SentenceTable(**{f.name: None if getattr(parts[0], f.name) is None else
                                 np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(SentenceTable)})
 

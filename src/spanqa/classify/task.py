@@ -7,14 +7,20 @@ the output is a classifier folder (HF model with id2label/label2id + `spanqa.jso
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from spanqa.classify.classifier import ClassifierSettings, compute_logits, predictions_from_logits, write_predictions
+from spanqa.classify.classifier import (
+    ClassifierSettings,
+    compute_logits,
+    predictions_from_logits,
+    write_predictions,
+)
 from spanqa.classify.glue import (
     GLUE_TASKS,
     DataFormat,
@@ -29,7 +35,12 @@ from spanqa.classify.metrics import classification_scores
 from spanqa.data.batches import model_inputs
 from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
-from spanqa.models import SETTINGS_FILE, load_classifier_model, load_tokenizer, max_positions
+from spanqa.models import (
+    SETTINGS_FILE,
+    load_classifier_model,
+    load_tokenizer,
+    max_positions,
+)
 from spanqa.progress import progress_bar
 from spanqa.training.config import ConfigError, LoopConfig, layered_config
 from spanqa.training.engine import run
