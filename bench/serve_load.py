@@ -1,10 +1,19 @@
-"""Load test: 64 concurrent clients against a real `spanqa serve` process on loopback for 60 s.
+"""Load test: 64 concurrent clients against a real `spanqa serve` process on loopback, and against
+the transformers 4.x QA pipeline behind a plain FastAPI endpoint (the peer), in turns.
 
-Each client posts dev-v1.1 questions with their paragraphs to /v1/answer, one after another.
-Reports requests/s, p50/p99 latency, the error count and the server's RSS before and after.
-Clients and server share the same 2 cores, so the numbers are a floor for a separate client machine.
+Each client posts dev-v1.1 questions with their paragraphs to /v1/answer, one after another. Both
+servers are started first and stay up; after a short warm-up load on each, they take turns
+(spanqa, peer, spanqa, peer, ...) for `--rounds` rounds of `--seconds` each. Reported: the median
+and min-max requests/s, p50 and p99 latency of each, the ratio of medians, errors, how noisy the
+machine was, and spanqa's server RSS before, after and every 10 s (does memory level off?).
 
-    python bench/serve_load.py [--model runs/quick] [--clients 64] [--seconds 60]
+The peer is what a 4.x user would write: `pipeline("question-answering")` in a synchronous FastAPI
+endpoint, one call at a time under a lock (the fast tokenizer is not safe to share between threads),
+with the reader's window settings. It runs in the venv of bench/infer_cpu.py (transformers<5; the
+FastAPI and uvicorn it uses are this venv's). Clients and servers share the same 2 cores, so the
+numbers are a floor for a separate client machine.
+
+    python bench/serve_load.py [--model runs/quick] [--clients 64] [--seconds 60] [--rounds 3] [--no-peer]
 """
 
 from __future__ import annotations
@@ -13,15 +22,59 @@ import argparse
 import asyncio
 import json
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
-from common import ROOT, SQUAD, save_result
+from common import (
+    ROOT,
+    SQUAD,
+    interleave,
+    load_average,
+    print_report,
+    report,
+    save_result,
+)
+
+PEER_SERVER = r"""
+import sys, threading
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from transformers import pipeline
+
+model, port, length, stride, query = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+qa = pipeline("question-answering", model=model, tokenizer=model, device=-1)
+lock = threading.Lock()
+app = FastAPI()
+
+class Item(BaseModel):
+    question: str
+    context: str
+    top_k: int = 1
+
+@app.get("/health")
+def health():
+    return {"status": "ok"}
+
+@app.post("/v1/answer")
+def answer(item: Item):
+    with lock:
+        out = qa(question=item.question, context=item.context, top_k=item.top_k, max_answer_len=30,
+                 max_seq_len=length, doc_stride=stride, max_question_len=query)
+    out = out if isinstance(out, list) else [out]
+    return {"answers": [{"text": a["answer"], "score": a["score"], "start": a["start"], "end": a["end"]}
+                        for a in out]}
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
 
 
 def free_port() -> int:
@@ -53,51 +106,104 @@ async def load(url: str, items: list[dict], clients: int, seconds: float) -> tup
     return latencies, errors, time.monotonic() - start
 
 
+def start_server(command: list[str]) -> tuple[subprocess.Popen, str]:
+    """A server process on a free loopback port (the "{port}" argument), once /health answers."""
+    port = free_port()
+    server = subprocess.Popen([str(port) if part == "{port}" else part for part in command],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        if server.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited with {server.returncode}")
+        try:
+            if httpx.get(base + "/health").status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{command[:3]} did not answer /health in 120 s")
+
+
+def reader_windows(model: str) -> list[str]:
+    """The reader's window settings (spanqa.json), which the peer is given too."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from spanqa.qa.reader import ReaderSettings
+
+    w = ReaderSettings.read(model).windows
+    return [str(w.max_seq_length), str(w.doc_stride), str(w.max_query_length)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "runs" / "quick"))
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup-seconds", type=float, default=5)
+    ap.add_argument("--no-peer", action="store_true", help="spanqa alone (e.g. for a long memory run)")
     args = ap.parse_args()
 
+    from infer_cpu import peer_python
+
+    from spanqa.models import resolve_model
     from spanqa.qa.squad import load_dataset
 
+    model = resolve_model(args.model)
     items = [{"question": e.question, "context": e.context} for e in load_dataset(SQUAD / "dev-v1.1.json.gz").examples]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "spanqa", "serve", args.model, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    commands = {"spanqa": [sys.executable, "-m", "spanqa", "serve", model, "--port", "{port}"]}
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    if not args.no_peer:
+        (tmp / "peer_server.py").write_text(PEER_SERVER)
+        commands["pipeline_fastapi"] = [str(peer_python()), str(tmp / "peer_server.py"), model, "{port}",
+                                        *reader_windows(model)]
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    rounds: dict[str, list[dict]] = {name: [] for name in commands}
+    timeline, done = [], threading.Event()
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        process = psutil.Process(server.pid)
-        httpx.post(base + "/v1/answer", json=items[0], timeout=60)  # warm-up
-        rss_before = process.memory_info().rss / 2**20
-        timeline, done = [], threading.Event()
+        for name, command in commands.items():
+            servers[name] = start_server(command)
+        spanqa = psutil.Process(servers["spanqa"][0].pid)
+        for _, base in servers.values():
+            httpx.post(base + "/v1/answer", json=items[0], timeout=120)
+        rss_before = spanqa.memory_info().rss / 2**20
 
         def sample_rss() -> None:  # every 10 s: does memory level off?
             while not done.wait(10):
-                timeline.append(round(process.memory_info().rss / 2**20, 1))
+                timeline.append(round(spanqa.memory_info().rss / 2**20, 1))
 
-        sampler = threading.Thread(target=sample_rss, daemon=True)
-        sampler.start()
-        latencies, errors, elapsed = asyncio.run(load(base + "/v1/answer", items, args.clients, args.seconds))
+        def one_load(name: str, seconds: float) -> dict:
+            latencies, errors, elapsed = asyncio.run(load(servers[name][1] + "/v1/answer", items, args.clients,
+                                                          seconds))
+            ms = np.array(latencies) * 1000
+            return {"requests": len(latencies), "requests_per_s": len(latencies) / elapsed, "errors": len(errors),
+                    "error_kinds": sorted(set(map(str, errors))), "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99))}
+
+        def timed(name: str) -> float:
+            rounds[name].append(one_load(name, args.seconds))
+            return rounds[name][-1]["requests_per_s"]
+
+        threading.Thread(target=sample_rss, daemon=True).start()
+        load_before = load_average()
+        rates = interleave({name: (lambda name=name: timed(name)) for name in commands}, args.rounds,
+                           warmup=lambda name: one_load(name, args.warmup_seconds),
+                           on_round=lambda r, name, q: print(f"round {r + 1} {name}: {q:.1f} requests/s, "
+                                                              f"p50 {rounds[name][-1]['p50_ms']:.0f} ms", flush=True))
         done.set()
-        rss_after = process.memory_info().rss / 2**20
+        rss_after = spanqa.memory_info().rss / 2**20
     finally:
-        server.terminate()
-        server.wait(30)
-    ms = np.array(latencies) * 1000
-    result = {"model": args.model, "clients": args.clients, "seconds": elapsed, "requests": len(latencies),
-              "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-              "p99_ms": float(np.percentile(ms, 99)), "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
-              "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_after,
-              "server_rss_mb_every_10s": timeline}
+        done.set()
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(30)
+    result = report(rates, "pipeline_fastapi" if "pipeline_fastapi" in rates else "spanqa", load_before)
+    for name, row in result["contenders"].items():
+        row.update({k: statistics.median(r[k] for r in rounds[name]) for k in ("p50_ms", "p99_ms")},
+                   errors=sum(r["errors"] for r in rounds[name]), requests=sum(r["requests"] for r in rounds[name]),
+                   every_round=rounds[name])
+    result.update(model=args.model, clients=args.clients, seconds_per_round=args.seconds, unit="requests/s",
+                  server_rss_mb_before=rss_before, server_rss_mb_after=rss_after, server_rss_mb_every_10s=timeline)
     print(json.dumps(result, indent=2))
+    print_report(result, "requests/s")
     save_result("serve_load", result)
 
 

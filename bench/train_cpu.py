@@ -6,7 +6,12 @@ length-grouped batches to their longest window (recipe cpu-fast: length 256, str
 in fp32 (run_qa's default) and with bf16 autocast (spanqa's `auto` on CPUs with AVX512-BF16/AMX).
 The EM/F1 of the full cpu-fast recipe comes from `spanqa quickstart` (see BENCHMARKS.md).
 
-    python bench/train_cpu.py [--steps 30]
+The four runs take turns (spanqa fp32, spanqa bf16, Trainer fp32, Trainer bf16, then again), each
+a fresh model and run of `--steps` steps, after a short warm-up run of each; reported are the
+median and min-max windows/s of each over `--rounds` rounds, ratios of medians, and how noisy the
+machine was. At 30 steps a round takes ~9 minutes on 2 cores (the fp32 Trainer ~4 of them).
+
+    python bench/train_cpu.py [--steps 30] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SQUAD, save_result
+from common import (
+    SQUAD,
+    interleave,
+    load_average,
+    print_report,
+    ratio,
+    report,
+    save_result,
+)
 
 QUESTIONS, BATCH = 4000, 16
 
@@ -57,7 +70,7 @@ def ours(steps: int, tmp: Path, precision: str) -> float:
     from spanqa.qa.config import build_config
     from spanqa.qa.train import train
 
-    out = tmp / f"ours-{precision}"
+    out = Path(tempfile.mkdtemp(prefix=f"ours-{precision}-", dir=tmp))  # a fresh run each round, never a resume
     cfg = build_config("cpu-fast", None, output_dir=str(out), max_steps=steps, max_eval_samples=50,
                        save_steps=0, log_steps=steps, precision=precision)
     train(cfg)
@@ -68,18 +81,30 @@ def ours(steps: int, tmp: Path, precision: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup-steps", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         features = hf_features(tmp)
-        rates = {"spanqa_fp32": ours(args.steps, tmp, "fp32"),
-                 "spanqa_bf16": ours(args.steps, tmp, "bf16"),
-                 "hf_trainer_fp32": hf_trainer(args.steps, tmp, features, bf16=False),
-                 "hf_trainer_bf16": hf_trainer(args.steps, tmp, features, bf16=True)}
-    result = {"steps": args.steps, "batch": BATCH, "windows_per_s": rates,
-              "x_hf_trainer_fp32": {k: v / rates["hf_trainer_fp32"] for k, v in rates.items()},
-              "spanqa_bf16_x_hf_trainer_bf16": rates["spanqa_bf16"] / rates["hf_trainer_bf16"]}
+
+        def runs(steps: int) -> dict:
+            return {"spanqa_fp32": lambda: ours(steps, tmp, "fp32"),
+                    "spanqa_bf16": lambda: ours(steps, tmp, "bf16"),
+                    "hf_trainer_fp32": lambda: hf_trainer(steps, tmp, features, bf16=False),
+                    "hf_trainer_bf16": lambda: hf_trainer(steps, tmp, features, bf16=True)}
+
+        warm = runs(args.warmup_steps)
+        load_before = load_average()
+        rates = interleave(runs(args.steps), args.rounds, warmup=lambda name: warm[name](),
+                           on_round=lambda r, name, w: print(f"round {r + 1} {name}: {w:.2f} windows/s", flush=True))
+    result = report(rates, "hf_trainer_fp32", load_before)
+    result["contenders"]["spanqa_bf16"]["x_hf_trainer_bf16"] = ratio(rates["spanqa_bf16"], rates["hf_trainer_bf16"])
+    result.update(steps=args.steps, batch=BATCH, questions=QUESTIONS, unit="windows/s")
     print(json.dumps(result, indent=1))
+    print_report(result, "windows/s")
+    r = result["contenders"]["spanqa_bf16"]["x_hf_trainer_bf16"]
+    print(f"spanqa bf16 x Trainer bf16: {r['median']:.2f} ({r['low']:.2f} - {r['high']:.2f})")
     save_result("train_cpu", result)
 
 

@@ -39,3 +39,15 @@ def _graph(folder):
     import onnx
 
     return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+
+
+def test_static_int8_calibrated_on_windows_answers(tiny_model, tmp_path):
+    folder = reader_folder(tiny_model, tmp_path)
+    calibration = [Example(str(i), q, c) for i, (q, c) in enumerate(PAIRS * 2)]
+    static = Reader.load(str(export_onnx(folder, tmp_path / "static", int8=True, calibration=calibration)))
+    for (question, context), answers in zip(PAIRS, static.answer_many(PAIRS, top_k=2)):
+        assert answers and all(context[a.start:a.end] == a.text for a in answers)
+    ops = {n.op_type for n in _graph(tmp_path / "static").node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # activation scales fixed in the graph
+    # Q/K/V are plain MatMuls in this graph (no fused Attention), so they are quantized as well
+    assert "Attention" not in ops

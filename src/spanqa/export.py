@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,13 @@ OUTPUTS = ("start_logits", "end_logits")
 
 
 def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17,
-                int8_everywhere: bool = False) -> Path:
+                int8_everywhere: bool = False, calibration: Sequence | None = None) -> Path:
     """Write an ONNX Runtime reader folder for `model` (a reader folder or QA model id).
 
     `int8` quantizes the weights of every MatMul except the feed-forward output projections
-    (see `_outlier_matmuls`), or of all of them with `int8_everywhere`."""
+    (see `_outlier_matmuls`), or of all of them with `int8_everywhere`. Activations are quantized
+    with scales computed per batch at run time (dynamic), or, given `calibration` examples
+    (`spanqa.qa.squad.Example`), with fixed scales measured on their windows (static)."""
 
     source = resolve_model(model)
     out = Path(out_dir)
@@ -51,7 +54,11 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
         fused = _fuse_transformer_ops(fp32, qa_model.config)
         staged = Path(tmp) / "reader"
         staged.mkdir()
-        if int8:
+        if int8 and calibration is not None:
+            # static QDQ has no fused-Attention kernel: keep Q/K/V as plain MatMuls so they are quantized too
+            _quantize_static(_fuse_transformer_ops(fp32, qa_model.config, attention=False), staged / ONNX_FILE, _calibration_inputs(calibration, tokenizer, source, names),
+                             [] if int8_everywhere else _outlier_matmuls(fused))
+        elif int8:
             from onnx import TensorProto
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -85,16 +92,62 @@ def _outlier_matmuls(path: Path) -> list[str]:
             and n.name.endswith(("/output/dense/MatMul", "/ffn/lin2/MatMul"))]
 
 
-def _fuse_transformer_ops(path: Path, config) -> Path:
-    """ONNX Runtime's offline transformer fusions (attention, LayerNorm, GELU); unchanged if unsupported."""
+def _calibration_inputs(examples: Sequence, tokenizer, source: str, names: list[str]) -> list[dict[str, np.ndarray]]:
+    """Model inputs of the examples' windows (the reader's window settings), one window each, padded to
+    the full length as in the reader's batches (the histogram calibrators need equal shapes)."""
+    from spanqa.qa.reader import ReaderSettings
+    from spanqa.qa.windows import build_windows
+
+    windows = build_windows(list(examples), tokenizer, ReaderSettings.read(source).windows)
+    arrays = {"input_ids": windows.input_ids, "attention_mask": windows.attention_mask,
+              "token_type_ids": windows.token_type_ids}
+    return [{k: np.asarray(arrays[k][i:i + 1], dtype=np.int64) for k in names} for i in range(len(windows))]
+
+
+def _quantize_static(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str]) -> None:
+    """int8 MatMuls with activation scales fixed from `feeds` (QDQ format: ONNX Runtime fuses each
+    quantize -> MatMul -> dequantize into an integer kernel). Percentile calibration (99.999%):
+    min-max lets a few outlier activations stretch the scale of every other value."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(feeds)
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantize_static(str(fused), str(out), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"DefaultTensorType": TensorProto.FLOAT, "CalibPercentile": 99.999,
+                                   "CalibTensorRangeSymmetric": False,
+                                   # fold outputs into histograms every 4 windows: holding every intermediate
+                                   # tensor of 100 windows at once ran out of memory (~20 GB)
+                                   "CalibMaxIntermediateOutputs": 4})
+
+
+def _fuse_transformer_ops(path: Path, config, attention: bool = True) -> Path:
+    """ONNX Runtime's offline transformer fusions (attention unless told not to, LayerNorm, GELU);
+    unchanged if unsupported."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "mpnet": "bert"}.get(config.model_type)
     if model_type is None:
         return path
+    options = FusionOptions(model_type)
+    options.enable_attention = attention
     optimized = optimize_model(str(path), model_type=model_type, num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, opt_level=1)
-    fused = path.with_name("fused.onnx")
+                               hidden_size=config.hidden_size, opt_level=1, optimization_options=options)
+    fused = path.with_name("fused.onnx" if attention else "fused-no-attention.onnx")
     optimized.save_model_to_file(str(fused))
     return fused
 
