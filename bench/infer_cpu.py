@@ -2,11 +2,16 @@
 vs the transformers 4.x `pipeline("question-answering")` (removed in v5), same weights, same cores.
 
 The peer runs in its own venv (`transformers<5`, created here on first use; torch is shared through
-a .pth file) and answers one question at a time, as its users do. Everyone uses windows of
+a .pth file) and answers one question at a time, as its users do. It stays loaded in a subprocess
+for the whole run, so the contenders can take turns: a warm-up each, then `--rounds` rounds of
+pipeline, torch fp32, bf16, ONNX fp32, int8 (dynamic, everywhere, static), ... (A B C A B C), each
+answering the same `--questions` questions. Reported: the median and min-max questions/s of each, the ratio of medians
+to the pipeline (with the range the rounds allow), the spread of the rounds and the load average,
+and EM/F1 (answers are the same in every round; the script checks it). Everyone uses windows of
 384/128/64 and answers of at most 30 tokens. Questions/s counts everything from text to answer
 (tokenization, windows, model, decoding).
 
-    python bench/infer_cpu.py [--model runs/quick] [--questions 2000]
+    python bench/infer_cpu.py [--model runs/quick] [--questions 2000] [--rounds 3] [--paths pipeline,onnx_int8]
 """
 
 from __future__ import annotations
@@ -20,26 +25,42 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SQUAD, save_result
+from common import (
+    ROOT,
+    SQUAD,
+    interleave,
+    load_average,
+    print_report,
+    report,
+    save_result,
+)
 
 PEER_VENV = Path(tempfile.gettempdir()) / "spanqa-bench-transformers4"
 WINDOWS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
+WARMUP_QUESTIONS = 32
+PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere", "onnx_int8_static")
+CALIBRATION_QUESTIONS = 100  # the last dev-v1.1 questions: static int8 activation scales, never scored
 
 PEER_SCRIPT = r"""
 import json, sys, time
 import torch
+import transformers
 from transformers import pipeline
-model, data, out = sys.argv[1:4]
+model, data = sys.argv[1:3]
 examples = json.load(open(data))
 qa = pipeline("question-answering", model=model, tokenizer=model, device=-1)
-qa(question=examples[0]["question"], context=examples[0]["context"])  # warm-up
-t0 = time.perf_counter()
-answers = {e["id"]: qa(question=e["question"], context=e["context"], max_answer_len=30, max_seq_len=384,
-                       doc_stride=128, max_question_len=64)["answer"] for e in examples}
-elapsed = time.perf_counter() - t0
-import transformers
-json.dump({"seconds": elapsed, "predictions": answers, "transformers": transformers.__version__,
-           "torch": torch.__version__, "threads": torch.get_num_threads()}, open(out, "w"))
+
+def answer_all(items):
+    return {e["id"]: qa(question=e["question"], context=e["context"], max_answer_len=30, max_seq_len=384,
+                        doc_stride=128, max_question_len=64)["answer"] for e in items}
+
+print("@@" + json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
+                         "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:  # one command per line: answer the first n questions, timed
+    n = json.loads(line)["n"]
+    t0 = time.perf_counter()
+    answers = answer_all(examples[:n])
+    print("@@" + json.dumps({"seconds": time.perf_counter() - t0, "predictions": answers}), flush=True)
 """
 
 
@@ -55,22 +76,54 @@ def peer_python() -> Path:
     return python
 
 
-def run_peer(model: str, examples, tmp: Path) -> dict:
-    data = tmp / "questions.json"
-    data.write_text(json.dumps([{"id": e.id, "question": e.question, "context": e.context} for e in examples]))
-    script = tmp / "peer.py"
-    script.write_text(PEER_SCRIPT)
-    subprocess.run([str(peer_python()), str(script), model, str(data), str(tmp / "peer.json")], check=True)
-    return json.loads((tmp / "peer.json").read_text())
+class Peer:
+    """The 4.x pipeline, loaded once in a subprocess of its own venv, answering on request."""
+
+    def __init__(self, model: str, examples, tmp: Path):
+        data, script = tmp / "questions.json", tmp / "peer.py"
+        data.write_text(json.dumps([{"id": e.id, "question": e.question, "context": e.context} for e in examples]))
+        script.write_text(PEER_SCRIPT)
+        self.process = subprocess.Popen([str(peer_python()), str(script), model, str(data)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.versions = self._reply()
+
+    def _reply(self) -> dict:
+        for line in self.process.stdout:  # anything the libraries print to stdout is skipped
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        raise RuntimeError(f"the pipeline process ended (exit code {self.process.wait()})")
+
+    def answer(self, n: int) -> tuple[float, dict]:
+        self.process.stdin.write(json.dumps({"n": n}) + "\n")
+        self.process.stdin.flush()
+        reply = self._reply()
+        return reply["seconds"], reply["predictions"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(60)
 
 
-def run_ours(path: str, examples, precision: str = "fp32") -> tuple[float, dict]:
+def load_readers(model: str, paths: list[str], tmp: Path, calibration) -> dict:
+    """Every spanqa path asked for, loaded before the first round (exports written under `tmp`)."""
+    from spanqa.export import export_onnx
     from spanqa.qa.reader import Reader
     from spanqa.qa.windows import WindowSettings
 
-    reader = Reader.load(path, precision=precision)
-    reader.settings.windows = WindowSettings(**WINDOWS)
-    reader.predict(examples[:32])  # warm-up
+    folders = {"torch_fp32": (model, "fp32"), "torch_bf16": (model, "bf16")}
+    exports = {"onnx_fp32": {}, "onnx_int8": {"int8": True}, "onnx_int8_everywhere": {"int8": True, "int8_everywhere": True},
+               "onnx_int8_static": {"int8": True, "calibration": calibration}}
+    readers = {}
+    for name in paths:
+        if name in exports:
+            folders[name] = (str(export_onnx(model, tmp / name, **exports[name])), "fp32")
+        if name in folders:
+            readers[name] = Reader.load(folders[name][0], precision=folders[name][1])
+            readers[name].settings.windows = WindowSettings(**WINDOWS)
+    return readers
+
+
+def answer_with(reader, examples) -> tuple[float, dict]:
     t0 = time.perf_counter()
     predictions = reader.predict(examples)
     return time.perf_counter() - t0, {p.id: p.text for p in predictions}
@@ -80,43 +133,63 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "runs" / "quick"))
     ap.add_argument("--questions", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     args = ap.parse_args()
+    paths = args.paths.split(",")
+    if unknown := set(paths) - set(PATHS):
+        ap.error(f"unknown paths {sorted(unknown)}")
+    if "pipeline" not in paths:
+        paths.insert(0, "pipeline")  # the ratios are to the pipeline
 
     import torch
 
-    from spanqa.export import export_onnx
+    from spanqa.models import resolve_model
     from spanqa.qa.evaluate import as_squad_data
     from spanqa.qa.metrics import squad_v1
     from spanqa.qa.squad import load_dataset
 
-    examples = load_dataset(SQUAD / "dev-v1.1.json.gz").examples[:args.questions]
+    model = resolve_model(args.model)  # a folder both sides can read ("default": the packaged MiniLM)
+    dev = load_dataset(SQUAD / "dev-v1.1.json.gz").examples
+    examples, calibration = dev[:min(args.questions, len(dev) - CALIBRATION_QUESTIONS)], dev[-CALIBRATION_QUESTIONS:]
     data = as_squad_data(examples)
-    rows = {}
-
-    def record(name: str, seconds: float, predictions: dict) -> None:
-        scores = squad_v1(data, predictions)
-        rows[name] = {"questions_per_s": len(examples) / seconds, "seconds": seconds, "f1": scores["f1"],
-                      "em": scores["exact_match"],
-                      "same_answer_as_pipeline": sum(predictions[k] == v for k, v in peer["predictions"].items())}
-        print(name, rows[name], flush=True)
+    predictions: dict[str, dict] = {}
+    stable: dict[str, bool] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        peer = run_peer(args.model, examples, tmp)
-        record("d_transformers4_pipeline", peer["seconds"], peer["predictions"])
-        record("a_reader_torch_fp32", *run_ours(args.model, examples))
-        record("e_reader_torch_bf16_autocast", *run_ours(args.model, examples, "bf16"))
-        record("b_reader_onnx_fp32", *run_ours(str(export_onnx(args.model, tmp / "onnx")), examples))
-        record("c_reader_onnx_int8", *run_ours(str(export_onnx(args.model, tmp / "int8", int8=True)), examples))
-        record("c2_reader_onnx_int8_everywhere",
-               *run_ours(str(export_onnx(args.model, tmp / "int8-all", int8=True, int8_everywhere=True)), examples))
-    base = rows["d_transformers4_pipeline"]
-    for row in rows.values():
-        row["speedup_vs_pipeline"] = row["questions_per_s"] / base["questions_per_s"]
-        row["f1_minus_pipeline"] = row["f1"] - base["f1"]
-    result = {"model": args.model, "questions": len(examples), "torch_threads": torch.get_num_threads(),
-              "peer": {k: peer[k] for k in ("transformers", "torch", "threads")}, "windows": WINDOWS, "rows": rows}
+        readers = load_readers(model, paths, tmp, calibration)
+        peer = Peer(model, examples, tmp)
+
+        def one_run(name: str, n: int) -> tuple[float, dict]:
+            return peer.answer(n) if name == "pipeline" else answer_with(readers[name], examples[:n])
+
+        def timed(name: str) -> float:
+            seconds, got = one_run(name, len(examples))
+            stable[name] = stable.get(name, True) and predictions.setdefault(name, got) == got
+            return len(examples) / seconds
+
+        load_before = load_average()
+        try:
+            rates = interleave({name: (lambda name=name: timed(name)) for name in paths}, args.rounds,
+                               warmup=lambda name: one_run(name, WARMUP_QUESTIONS),
+                               on_round=lambda r, name, q: print(f"round {r + 1} {name}: {q:.2f} questions/s",
+                                                                  flush=True))
+        finally:
+            peer.close()
+    result = report(rates, "pipeline", load_before)
+    base_f1 = squad_v1(data, predictions["pipeline"])["f1"]
+    for name, row in result["contenders"].items():
+        scores = squad_v1(data, predictions[name])
+        row.update(f1=scores["f1"], em=scores["exact_match"], f1_minus_pipeline=scores["f1"] - base_f1,
+                   same_answer_as_pipeline=sum(predictions[name][k] == v for k, v in predictions["pipeline"].items()),
+                   same_answers_every_round=stable[name])
+    result.update(model=args.model, questions=len(examples), unit="questions/s", torch_threads=torch.get_num_threads(),
+                  peer=peer.versions, windows=WINDOWS)
     print(json.dumps(result, indent=2))
+    print_report(result, "questions/s")
+    for name, row in result["contenders"].items():
+        print(f"{name:34s} F1 {row['f1']:.2f} ({row['f1_minus_pipeline']:+.2f} vs pipeline)")
     save_result("infer_cpu", result)
 
 
