@@ -49,6 +49,7 @@ def pretrain_cmd(
     whole_word_mask: bool = typer.Option(False, "--whole-word-mask", help="Mask whole words, not single pieces"),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out (default 0.05)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
+    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, seed: Optional[int] = None,

@@ -33,6 +33,7 @@ def train_cmd(
     regression: bool = typer.Option(False, "--regression", help="Without --task: numeric labels (MSE, one output)"),
     output_dir: Optional[str] = typer.Option(None, help="Where the classifier is written (default runs/classifier)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
+    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
     max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,

@@ -21,6 +21,7 @@ def train_cmd(
     valid_split: Optional[float] = typer.Option(None, help="Hold out this share of train as dev instead"),
     output_dir: Optional[str] = typer.Option(None, help="Where the reader is written (default runs/reader)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
+    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
     max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,

@@ -6,6 +6,7 @@ Each task extends `LoopConfig` with its own fields (QA windows, masked-LM packin
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,7 @@ class LoopConfig:
     resume: bool = False
     trust_remote_code: bool = False
     log_steps: int = 20
+    time_budget: str | None = None     # e.g. "30m": the schedule follows elapsed time and the run ends within it
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -49,10 +51,16 @@ class LoopConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "log_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ConfigError("give epochs > 0 or max_steps > 0")
+        if self.epochs <= 0 and self.max_steps <= 0 and self.time_budget is None:
+            raise ConfigError("give epochs > 0, max_steps > 0 or a time budget")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate must be > 0")
+        if self.time_budget is not None and parse_duration(self.time_budget) <= 0:
+            raise ConfigError("time_budget must be positive")
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return parse_duration(self.time_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +72,17 @@ class LoopConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """Seconds in "90s", "30m", "1h30m", "2h" or a plain number of seconds; None stays None."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not parts or not any(parts.groups()):
+        raise ConfigError(f"time budget {text!r}: write it like 90s, 30m, 1h30m or 2h")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def recipe_names() -> list[str]:

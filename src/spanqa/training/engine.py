@@ -28,7 +28,8 @@ from spanqa.training.checkpoints import (
     save_checkpoint,
 )
 from spanqa.training.config import LoopConfig
-from spanqa.training.history import plot_learning_curve
+from spanqa.training.history import plot_learning_curve, plot_time_to_accuracy
+from spanqa.training.schedule import TimeBudget
 
 
 class Task(Protocol):
@@ -96,8 +97,15 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     per_step = config.batch_size * config.grad_accum * processes
     micro_per_epoch = math.ceil(len(lengths) / config.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // (config.grad_accum * processes))
-    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    budget = None
+    if config.time_budget_seconds:
+        # the schedule follows elapsed time; epochs are not counted (max_steps, if given, still caps the run)
+        budget = TimeBudget(config.time_budget_seconds, config.warmup_ratio)
+        total_steps = config.max_steps if config.max_steps > 0 else None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: budget.factor)
+    else:
+        total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
     state = TrainState()
     if config.resume:
@@ -108,6 +116,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     device = accelerator.device
     autocast = autocast_dtype(accelerator)
 
+    if budget:  # what the final outputs import would otherwise be paid from the budget
+        import matplotlib.pyplot  # noqa: F401
     started = time.perf_counter() - state.elapsed
     window_loss, window_n = 0.0, 0
     last_eval: tuple[int, Any] | None = None  # (step, what evaluate returned): the final outputs reuse it
@@ -117,23 +127,38 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
         if is_main:
             t0 = time.perf_counter()
             metrics, payload = task.evaluate(accelerator.unwrap_model(model), autocast)
-            state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": time.perf_counter() - started,
-                                  "eval_seconds": time.perf_counter() - t0, **metrics})
+            state.history.append(_eval_entry(state, time.perf_counter() - started, time.perf_counter() - t0, metrics))
             evaluated = (state.step, payload)
+            if budget:
+                budget.last_eval_seconds = time.perf_counter() - t0
         model.train()
         accelerator.wait_for_everyone()
         return evaluated
 
-    bar = progress_bar(f"training ({len(lengths):,} {task.unit}, {total_steps:,} steps)", total_steps,
-                       enabled=is_main, unit="step")
+    def clock() -> float:
+        """Seconds since the run started (the main process's clock, so every process stops at the same step)."""
+        seconds = time.perf_counter() - started
+        if processes > 1:
+            from accelerate.utils import broadcast
+
+            seconds = broadcast(torch.tensor([seconds], dtype=torch.float64, device=device)).item()
+        return seconds
+
+    def finished() -> bool:
+        if total_steps is not None and state.step >= total_steps:
+            return True
+        return budget is not None and budget.done(clock())
+
+    plan = f"{total_steps:,} steps" if total_steps else f"time budget {config.time_budget}"
+    bar = progress_bar(f"training ({len(lengths):,} {task.unit}, {plan})", total_steps, enabled=is_main, unit="step")
     bar.advance(state.step)
     model.train()
     try:
-        while state.step < total_steps:
+        while not finished():
             batches = epoch_batches(lengths, config.batch_size, config.seed, state.epoch)
             usable = len(batches) - len(batches) % (config.grad_accum * processes)
             position = state.epoch_batches_done
-            while position < usable and state.step < total_steps:
+            while position < usable and not finished():
                 group = batches[position:position + config.grad_accum * processes]
                 for micro in group[accelerator.process_index::processes]:
                     with accelerator.autocast():  # also for tasks that call parts of the model directly
@@ -142,8 +167,13 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                     window_loss += loss.item() * config.grad_accum * len(micro)
                     window_n += len(micro)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                if budget:  # the learning rate for this step, from the share of the budget used so far
+                    budget.update(clock())
+                    for param_group in optimizer.param_groups:
+                        param_group["lr"] = param_group["initial_lr"] * budget.factor
                 optimizer.step()
-                scheduler.step()
+                if not budget:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 position += len(group)
                 state.step += 1
@@ -151,11 +181,12 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                 bar.advance(1)
                 if on_step:
                     on_step(state.step)
-                if state.step % config.log_steps == 0 or state.step == total_steps:
+                if state.step % config.log_steps == 0 or finished():
                     elapsed = time.perf_counter() - started
+                    lr = optimizer.param_groups[0]["lr"] if budget else scheduler.get_last_lr()[0]
                     state.history.append({"step": state.step, "epoch": state.epoch,
                                           "training_loss": window_loss / max(window_n, 1),
-                                          "learning_rate": scheduler.get_last_lr()[0], "elapsed": elapsed,
+                                          "learning_rate": lr, "elapsed": elapsed,
                                           f"{task.unit}_per_s": state.step * per_step / max(elapsed, 1e-9)})
                     window_loss, window_n = 0.0, 0
                 if config.eval_steps and state.step % config.eval_steps == 0:
@@ -163,6 +194,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                 if config.save_steps and state.step % config.save_steps == 0:
                     state.elapsed = time.perf_counter() - started
                     save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
+                    if budget:
+                        budget.last_save_seconds = time.perf_counter() - started - state.elapsed
             if position >= usable:
                 state.epoch += 1
                 state.epoch_batches_done = 0
@@ -179,29 +212,41 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     summary: dict = {}
     if is_main:
         reused = last_eval[1] if last_eval and last_eval[0] == state.step else None
-        summary = _finish(task, accelerator.unwrap_model(model), state, out, reused, autocast)
+        summary = _finish(task, accelerator.unwrap_model(model), state, out, reused, autocast, started)
     accelerator.wait_for_everyone()
     return summary
 
 
-def _finish(task: Task, model, state: TrainState, out: Path, evaluated: Any | None, autocast) -> dict:
+def _finish(task: Task, model, state: TrainState, out: Path, evaluated: Any | None, autocast, started: float) -> dict:
     """Final dev metrics (reusing an evaluation of this very step), the task's outputs, history.json,
     metrics.json and learning_curve.png; returns what metrics.json holds."""
     eval_seconds = sum(h.get("eval_seconds", 0.0) for h in state.history)  # evaluations inside state.elapsed
     if evaluated is None:
         t0 = time.perf_counter()
         metrics, evaluated = task.evaluate(model, autocast)
-        state.history.append({"step": state.step, "epoch": state.epoch, "elapsed": state.elapsed,
-                              "eval_seconds": time.perf_counter() - t0, **metrics})
+        state.history.append(_eval_entry(state, state.elapsed, time.perf_counter() - t0, metrics))
     else:
-        metrics = {k: v for k, v in state.history[-1].items() if k not in ("step", "epoch", "elapsed", "eval_seconds")}
+        metrics = {k: v for k, v in state.history[-1].items() if k not in EVAL_KEYS}
     extra = task.finish(model, out, metrics, evaluated)
     atomic_write_json(out / "history.json", state.history)
-    summary = {**metrics, "train_seconds": state.elapsed, "eval_seconds_while_training": eval_seconds,
-               "steps": state.step, **extra}
-    atomic_write_json(out / "metrics.json", summary)
     plot_learning_curve(state.history, out / "learning_curve.png", task.curve_metric)
+    plot_time_to_accuracy(state.history, out / "time_to_accuracy.png", task.curve_metric)
+    # run_seconds: from the first step to the last file written (what a time budget bounds)
+    summary = {**metrics, "train_seconds": state.elapsed, "eval_seconds_while_training": eval_seconds,
+               "run_seconds": time.perf_counter() - started, "steps": state.step, **extra}
+    atomic_write_json(out / "metrics.json", summary)
     return summary
+
+
+EVAL_KEYS = ("step", "epoch", "elapsed", "eval_seconds", "train_seconds")
+
+
+def _eval_entry(state: TrainState, elapsed: float, eval_seconds: float, metrics: dict) -> dict:
+    """A history entry for an evaluation; `train_seconds` is the training time so far, evaluations excluded
+    (the time-to-accuracy clock, as DAWNBench counts it)."""
+    spent = sum(h.get("eval_seconds", 0.0) for h in state.history)
+    return {"step": state.step, "epoch": state.epoch, "elapsed": elapsed, "eval_seconds": eval_seconds,
+            "train_seconds": elapsed - spent - eval_seconds, **metrics}
 
 
 def mixed_precision(precision: str) -> str:

@@ -31,3 +31,25 @@ def plot_learning_curve(history: list[dict], path: Path, metric: str = "f1") -> 
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_time_to_accuracy(history: list[dict], path: Path, metric: str = "f1") -> None:
+    """Dev `metric` against training minutes (evaluation time excluded): the time-to-accuracy curve."""
+    points = [(h["train_seconds"] / 60, h[metric]) for h in history if metric in h and "train_seconds" in h]
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*points), marker="o", color="tab:green")
+    ax.set_xlabel("training minutes (evaluation excluded)")
+    ax.set_ylabel(f"dev {metric.replace('_', ' ')}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
