@@ -126,6 +126,40 @@ def pg_server(settings: dict[str, str] | None = None, user: str | None = None) -
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def pg_replica(primary_url: str, settings: dict[str, str] | None = None, user: str | None = None) -> Iterator[str]:
+    """A streaming read replica of the server at `primary_url` (one of pg_server's): pg_basebackup -R,
+    then a hot standby on its own port. Yields its URL; stopped and deleted on exit."""
+    from urllib.parse import urlsplit
+
+    primary = urlsplit(primary_url)
+    bin_dir = binaries()
+    run_as = (user or os.environ.get("SPANQA_PG_USER", "nobody")) if os.geteuid() == 0 else None
+    bin_dir = runnable_binaries(bin_dir, run_as)
+    root = Path(tempfile.mkdtemp(prefix="spanqa-pg-replica-", dir=_public_tmp() if run_as else None))
+    data = root / "data"
+    try:
+        if run_as is not None:
+            entry = pwd.getpwnam(run_as)
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+        env = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
+        kw = dict(user=run_as, env=env, cwd=root, check=True, capture_output=True, text=True)
+        # -R writes standby.signal and primary_conninfo; -X stream copies the WAL written meanwhile
+        _run([str(bin_dir / "pg_basebackup"), "-D", str(data), "-h", primary.hostname, "-p", str(primary.port),
+              "-U", primary.username or "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"], kw)
+        port = _free_port()
+        options = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "",
+                   "hot_standby": "on", **FAST, **(settings or {})}
+        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(root / "log"),
+              "-o", " ".join(f"-c {k}={v}" for k, v in options.items()), "start"], kw)
+        try:
+            yield f"postgresql://{primary.username or 'postgres'}@127.0.0.1:{port}{primary.path or '/postgres'}"
+        finally:
+            _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"], kw)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def pg_url_or_skip() -> Iterator[str]:
     """For a pytest fixture: a server's URL; the test is skipped when the packages are missing, except
     in CI (CI=true), where a missing or failing server is an error: a skip there would hide a hole."""

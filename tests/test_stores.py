@@ -235,6 +235,26 @@ def test_postgres_reopens_a_versioned_schema(pg_url):
         PostgresStore(pg_url, schema="reopen", embedder=ToyEmbedder("other"))
 
 
+def test_postgres_search_only_role(pg_url):
+    """A role with USAGE on the schema and SELECT on its tables (no CREATE anywhere) opens and searches."""
+    import psycopg
+
+    from spanqa.retrieval.postgres import PostgresStore
+
+    ps = passages(TEXTS)
+    with PostgresStore(pg_url, schema="readable") as store:
+        store.add(ps, embed(ps), EMBEDDER, SETTINGS)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("CREATE ROLE searcher LOGIN")
+        admin.execute("REVOKE CREATE ON DATABASE postgres FROM PUBLIC")
+        admin.execute("GRANT USAGE ON SCHEMA readable TO searcher")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA readable TO searcher")
+    with PostgresStore(pg_url.replace("postgres@", "searcher@"), schema="readable") as store:
+        assert top_doc(store, QUESTIONS["everest"], "hybrid") == "everest"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            store.delete([("docs.txt", "nile")])
+
+
 def test_postgres_killed_writer_leaves_the_previous_state(pg_url):
     """A writer whose connection dies mid-transaction (a killed `spanqa index`) changes nothing."""
     import psycopg
@@ -256,3 +276,31 @@ def test_postgres_killed_writer_leaves_the_previous_state(pg_url):
         with pytest.raises(psycopg.Error):
             store.update(Killing(new), embed(new), EMBEDDER)
         assert store.count() == 7 and top_doc(store, QUESTIONS["nile"], "bm25") == "nile"
+
+
+def test_postgres_read_replica_serves_search_and_sees_new_documents(pg_url):
+    """A streaming replica (pg_basebackup) opens the store read-only, searches, and sees the primary's writes."""
+    import time
+
+    from pg_server import pg_replica
+
+    from spanqa.retrieval.postgres import PostgresStore
+
+    ps = passages(TEXTS)
+    with PostgresStore(pg_url, schema="replicated") as primary:
+        primary.add(ps, embed(ps), EMBEDDER, SETTINGS)
+        with pg_replica(pg_url) as replica_url, PostgresStore(replica_url, schema="replicated") as replica:
+            assert replica.count() == 7 and top_doc(replica, QUESTIONS["lagos"], "hybrid") == "lagos"
+            new = passages({"sahara": "The Sahara is the largest hot desert."})
+            primary.add(new, embed(new), EMBEDDER)
+            deadline = time.monotonic() + 30
+            while replica.count() < 8 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert top_doc(replica, "largest hot desert", "hybrid") == "sahara"
+            with pytest.raises(CollectionError, match="read-only"):
+                replica.delete([("docs.txt", "nile")])
+            with pytest.raises(CollectionError, match="read-only"):
+                replica.add(new, embed(new), EMBEDDER)
+        with pytest.raises(CollectionError, match="read-only"):
+            with pg_replica(pg_url) as replica_url:
+                PostgresStore(replica_url, schema="not_there")
