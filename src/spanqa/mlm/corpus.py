@@ -95,7 +95,8 @@ def _pack(documents: Iterable, tokenizer, length: int, counts: dict, on_document
         if doc is not None and doc.text.strip():
             batch.append(doc.text)
         if batch and (doc is None or len(batch) == batch_docs):
-            encodings = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)
+            # whole documents, cut into rows below: longer than the model allows is expected here
+            encodings = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, verbose=False)
             for i, ids in enumerate(encodings["input_ids"]):
                 if not ids:
                     continue
