@@ -13,7 +13,7 @@ import spanqa.qa.windows as windows_module
 from spanqa.qa.reader import Reader
 from spanqa.qa.squad import Example
 from spanqa.qa.windows import Windows, build_windows
-from spanqa.server import MicroBatcher
+from spanqa.server import MicroBatcher, answering
 
 # several windows at the test settings (128/32): the context cache matters most for long passages
 CONTEXT = " ".join(f"Sentence {i} says that {name} lives in {city}." for i, (name, city) in
@@ -95,9 +95,9 @@ def test_server_batches_questions_about_one_context(tiny_model, tmp_path, encode
     reader = Reader.load(reader_folder(tiny_model, tmp_path))
 
     async def run():
-        batcher = MicroBatcher(reader.answer_many, max_items=4, max_wait_s=0.05)
+        batcher = MicroBatcher(answering(reader.answer_many), max_items=4, max_wait_s=0.05)
         batcher.start()
-        results = await asyncio.gather(*(batcher.submit([(q, CONTEXT)], 1) for q in QUESTIONS * 2))
+        results = await asyncio.gather(*(batcher.submit([(q, CONTEXT, 1)]) for q in QUESTIONS * 2))
         await batcher.stop()
         return results
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from test_reader import reader_folder
 
 from spanqa.qa.reader import Reader
-from spanqa.server import MicroBatcher, ServerLimits, create_app
+from spanqa.server import MicroBatcher, ServerLimits, answering, create_app
 
 CONTEXT = "The tower was finished in 1889. It was designed by Gustave Eiffel. It is 330 metres tall."
 
@@ -87,10 +87,10 @@ def test_concurrent_requests_share_batches(reader):
         return reader.answer_many(pairs, top_k)
 
     async def run():
-        batcher = MicroBatcher(answer_many, max_items=64, max_wait_s=0.05)
+        batcher = MicroBatcher(answering(answer_many), max_items=64, max_wait_s=0.05)
         batcher.start()
         questions = [f"Question number {i}?" for i in range(12)]
-        results = await asyncio.gather(*(batcher.submit([(q, CONTEXT)], 2) for q in questions))
+        results = await asyncio.gather(*(batcher.submit([(q, CONTEXT, 2)]) for q in questions))
         await batcher.stop()
         return questions, results
 

@@ -1,11 +1,13 @@
-"""ONNX Runtime readers: export a QA model to ONNX (optionally int8) and run it behind `Reader`.
+"""ONNX Runtime readers and classifiers: export a QA or sequence-classification model to ONNX
+(optionally int8) and run it behind `Reader` or `Classifier`.
 
 An exported folder holds `model.onnx`, the tokenizer, `config.json` and `spanqa.json`;
-`Reader.load` sees `model.onnx` and runs it with ONNX Runtime instead of torch.
+`Reader.load` and `Classifier.load` see `model.onnx` and run it with ONNX Runtime instead of torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +20,7 @@ import torch
 from spanqa.models import (
     SETTINGS_FILE,
     ModelError,
+    load_classifier_model,
     load_qa_model,
     load_tokenizer,
     resolve_model,
@@ -25,11 +28,13 @@ from spanqa.models import (
 
 ONNX_FILE = "model.onnx"
 OUTPUTS = ("start_logits", "end_logits")
+CLASSIFIER_OUTPUTS = ("logits",)
 
 
 def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17,
                 int8_everywhere: bool = False, calibration: Sequence | None = None) -> Path:
-    """Write an ONNX Runtime reader folder for `model` (a reader folder or QA model id).
+    """Write an ONNX Runtime reader folder for `model` (a reader folder or QA model id), or a classifier
+    folder for a classifier (`spanqa classify train`, or a sequence-classification model id).
 
     `int8` quantizes the weights of every MatMul except the feed-forward output projections
     (see `_outlier_matmuls`), or of all of them with `int8_everywhere`. Activations are quantized
@@ -39,17 +44,27 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     source = resolve_model(model)
     out = Path(out_dir)
     tokenizer = load_tokenizer(source)
+    classifier = _classifier_settings(source)
+    if classifier is not None and calibration is not None:
+        raise ModelError("static int8 (calibration examples) is for readers only; export a classifier with "
+                         "dynamic int8 (int8=True without calibration)")
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
-    qa_model = load_qa_model(source, attn_implementation="eager").eval()
+    load = load_qa_model if classifier is None else load_classifier_model
+    qa_model = load(source, attn_implementation="eager").eval()
+    outputs = OUTPUTS if classifier is None else CLASSIFIER_OUTPUTS
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
-    sample = tokenizer(["Who wrote it?", "When?"], ["It was written by a person in a year.", "Now."],
-                       padding=True, return_tensors="pt")
+    if classifier is not None and classifier.get("pairs") is False:
+        sample = tokenizer(["A fine film.", "It was written by a person in a year."], padding=True, return_tensors="pt")
+    else:
+        sample = tokenizer(["Who wrote it?", "When?"], ["It was written by a person in a year.", "Now."],
+                           padding=True, return_tensors="pt")
     args = tuple(sample[n] for n in names)
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         fp32 = Path(tmp) / ONNX_FILE
         # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise
-        torch.onnx.export(qa_model, args, str(fp32), input_names=names, output_names=list(OUTPUTS),
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in (*names, *OUTPUTS)},
+        torch.onnx.export(qa_model, args, str(fp32), input_names=names, output_names=list(outputs),
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} if n != "logits" else {0: "batch"}
+                                        for n in (*names, *outputs)},
                           opset_version=opset, dynamo=False)
         fused = _fuse_transformer_ops(fp32, qa_model.config)
         staged = Path(tmp) / "reader"
@@ -77,6 +92,21 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
             shutil.rmtree(out)
         os.replace(staged, out)  # the folder appears complete or not at all
     return out
+
+
+def _classifier_settings(source: str) -> dict | None:
+    """A classifier's spanqa.json ({} for a sequence-classification model without one); None for a reader."""
+    from transformers import AutoConfig
+
+    from spanqa.classify.classifier import TASK
+
+    settings = Path(source) / SETTINGS_FILE
+    if settings.exists():
+        data = json.loads(settings.read_text())
+        if data.get("task") == TASK:
+            return data
+    architectures = AutoConfig.from_pretrained(source).architectures or []
+    return {} if any(a.endswith("ForSequenceClassification") for a in architectures) else None
 
 
 def _outlier_matmuls(path: Path) -> list[str]:
@@ -152,8 +182,8 @@ def _fuse_transformer_ops(path: Path, config, attention: bool = True) -> Path:
     return fused
 
 
-class OnnxQAModel:
-    """The slice of a transformers QA model's interface that `compute_logits` uses, on ONNX Runtime (CPU)."""
+class _OnnxModel:
+    """The slice of a transformers model's interface that `compute_logits` uses, on ONNX Runtime (CPU)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
         import onnxruntime as ort
@@ -170,20 +200,37 @@ class OnnxQAModel:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.config = AutoConfig.from_pretrained(folder)
 
+    def run(self, outputs: Sequence[str], inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
+        return self.session.run(list(outputs), feeds)
+
+    def eval(self):
+        return self
+
+    def to(self, device: torch.device):
+        if torch.device(device).type != "cpu":
+            raise ModelError("ONNX models run on CPU; load the torch folder for a GPU")
+        return self
+
+
+class OnnxQAModel(_OnnxModel):
+    """An exported reader: `model(**inputs)` gives start and end logits, as a transformers QA model."""
+
     def __call__(self, **inputs: torch.Tensor):
         from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-        feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
-        start, end = self.session.run(list(OUTPUTS), feeds)
+        start, end = self.run(OUTPUTS, inputs)
         return QuestionAnsweringModelOutput(start_logits=torch.from_numpy(start), end_logits=torch.from_numpy(end))
 
-    def eval(self) -> "OnnxQAModel":
-        return self
 
-    def to(self, device: torch.device) -> "OnnxQAModel":
-        if torch.device(device).type != "cpu":
-            raise ModelError("ONNX readers run on CPU; load the torch reader folder for a GPU")
-        return self
+class OnnxClassifierModel(_OnnxModel):
+    """An exported classifier: `model(**inputs)` gives the logits, as a transformers sequence-classification model."""
+
+    def __call__(self, **inputs: torch.Tensor):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        [logits] = self.run(CLASSIFIER_OUTPUTS, inputs)
+        return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
 def is_onnx_folder(path: str | Path) -> bool:

@@ -1,4 +1,5 @@
-"""HTTP server: `/v1/answer` (and `/v1/ask` over an index) with micro-batching, limits and a web page.
+"""HTTP server: `/v1/answer` (and `/v1/ask` over an index), or `/v1/classify` for a classifier folder
+(spanqa.classify.serving), with micro-batching, limits and a web page.
 
 Concurrent requests are gathered by `MicroBatcher` into one reader pass (one thread runs the
 model, the event loop stays free). Limits: body size (413), context length, items per batch and
@@ -18,6 +19,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from spanqa.classify import serving as classify_serving
+from spanqa.classify.classifier import Classifier
 from spanqa.qa.decode import Answer
 from spanqa.qa.reader import Reader
 
@@ -62,15 +65,16 @@ def _answer_out(a: Answer) -> dict:
 
 
 class MicroBatcher:
-    """Answers (question, context) pairs of concurrent requests in shared batches.
+    """Runs the items of concurrent requests in shared batches.
 
     Requests queue up; a worker takes what has arrived within `max_wait_s` of the first one (up to
-    `max_items` pairs) and runs the reader once for all of them in a worker thread.
+    `max_items` items) and calls `run_many(items) -> results` (one result per item, in order) once
+    for all of them in a worker thread: `answering(reader.answer_many)` for a reader,
+    `classifier.predict` for a classifier.
     """
 
-    def __init__(self, answer_many: Callable[[list[tuple[str, str]], int], list[list[Answer]]],
-                 max_items: int = 64, max_wait_s: float = 0.005):
-        self.answer_many, self.max_items, self.max_wait_s = answer_many, max_items, max_wait_s
+    def __init__(self, run_many: Callable[[list[Any]], list[Any]], max_items: int = 64, max_wait_s: float = 0.005):
+        self.run_many, self.max_items, self.max_wait_s = run_many, max_items, max_wait_s
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
         self.last_trim = 0.0
@@ -83,9 +87,10 @@ class MicroBatcher:
         if self.worker:
             self.worker.cancel()
 
-    async def submit(self, pairs: list[tuple[str, str]], top_k: int) -> list[list[Answer]]:
+    async def submit(self, items: list[Any]) -> list[Any]:
+        """The results of `items`, computed together with those of other requests."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((pairs, top_k, future))
+        await self.queue.put((items, future))
         return await future
 
     async def _run(self) -> None:
@@ -98,32 +103,43 @@ class MicroBatcher:
                     jobs.append(await asyncio.wait_for(self.queue.get(), left) if left > 0 else self.queue.get_nowait())
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
-            jobs = [j for j in jobs if not j[2].cancelled()]
+            jobs = [j for j in jobs if not j[1].cancelled()]
             if jobs:
-                await self._answer(jobs)
+                await self._run_jobs(jobs)
 
-    async def _answer(self, jobs: list) -> None:
-        pairs = [p for j in jobs for p in j[0]]
+    async def _run_jobs(self, jobs: list) -> None:
+        items = [item for j in jobs for item in j[0]]
         try:
-            answers = await asyncio.to_thread(self._answer_many_and_trim, pairs, max(j[1] for j in jobs))
+            results = await asyncio.to_thread(self._run_many_and_trim, items)
         except Exception as e:  # the error belongs to the requests, not to the worker
-            for _, _, future in jobs:
+            for _, future in jobs:
                 if not future.done():
                     future.set_exception(e)
             return
         at = 0
-        for job_pairs, top_k, future in jobs:
+        for job_items, future in jobs:
             if not future.done():
-                future.set_result([a[:top_k] for a in answers[at:at + len(job_pairs)]])
-            at += len(job_pairs)
+                future.set_result(results[at:at + len(job_items)])
+            at += len(job_items)
 
-    def _answer_many_and_trim(self, pairs: list[tuple[str, str]], top_k: int) -> list[list[Answer]]:
+    def _run_many_and_trim(self, items: list[Any]) -> list[Any]:
         try:
-            return self.answer_many(pairs, top_k)
+            return self.run_many(items)
         finally:
             if time.monotonic() - self.last_trim > 1.0:
                 self.last_trim = time.monotonic()
                 _release_free_heap()
+
+
+def answering(answer_many: Callable[[list[tuple[str, str]], int], list[list[Answer]]]
+              ) -> Callable[[list[tuple[str, str, int]]], list[list[Answer]]]:
+    """A reader's `answer_many` as a MicroBatcher's `run_many`: items are (question, context, top_k); one
+    pass with the largest top_k, each item's answers cut to its own."""
+    def run_many(items: list[tuple[str, str, int]]) -> list[list[Answer]]:
+        answers = answer_many([(q, c) for q, c, _ in items], max(k for *_, k in items))
+        return [a[:k] for a, (*_, k) in zip(answers, items)]
+
+    return run_many
 
 
 def _release_free_heap() -> None:
@@ -179,10 +195,14 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=None) -> FastAPI:
+def create_app(reader: Reader | Classifier, limits: ServerLimits = ServerLimits(), retriever=None) -> FastAPI:
     """The FastAPI app serving `reader` (and `retriever`, a DocumentStore: an Index or a PostgresStore,
-    whose connection pool the request threads share, for /v1/ask)."""
-    batcher = MicroBatcher(reader.answer_many, max_items=limits.max_batch_items)
+    whose connection pool the request threads share, for /v1/ask), or a `Classifier` (POST /v1/classify)."""
+    classifier = reader if isinstance(reader, Classifier) else None
+    if classifier is not None and retriever is not None:
+        raise ValueError("a classifier answers no questions about a collection: serve it without an index or store")
+    batcher = MicroBatcher(answering(reader.answer_many) if classifier is None else classifier.predict,
+                           max_items=limits.max_batch_items)
 
     async def lifespan(app: FastAPI):
         if retriever is not None:  # fail at start, not at the first question: reachable, the right embedder
@@ -217,13 +237,17 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": reader.path, "backend": type(reader.model).__name__,
+        if classifier is not None:
+            return {"status": "ok", **classify_serving.describe(classifier), "index": None}
+        return {"status": "ok", "task": "qa", "model": reader.path, "backend": type(reader.model).__name__,
                 "version_2": reader.settings.decoding.version_2, "calibrated": reader.settings.calibration is not None,
                 "index": retriever.describe() if retriever else None}
 
     @app.post("/v1/answer", response_model=AnswersOut | list[AnswersOut])
     async def answer(request: AnswerRequest | list[AnswerRequest]):
         """Answer one {question, context, top_k} item, or a list of them (a list of results back)."""
+        if classifier is not None:
+            raise HTTPException(400, classify_serving.NOT_A_READER)
         items = request if isinstance(request, list) else [request]
         if not items:
             raise HTTPException(422, "the batch is empty")
@@ -232,13 +256,15 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
         for item in items:
             check(item)
         results = await in_time(asyncio.gather(*(
-            batcher.submit([(item.question, item.context)], item.top_k) for item in items)))
+            batcher.submit([(item.question, item.context, item.top_k)]) for item in items)))
         out = [{"answers": [_answer_out(a) for a in r[0]]} for r in results]
         return out if isinstance(request, list) else out[0]
 
     @app.post("/v1/ask")
     async def ask(request: AskRequest):
         """Retrieve passages from the loaded index, read them, and answer with sources."""
+        if classifier is not None:
+            raise HTTPException(400, classify_serving.NOT_A_READER)
         if retriever is None:
             raise HTTPException(400, "no index is loaded: start the server with --index INDEX_DIR")
         check_top_k(request.top_k)
@@ -257,6 +283,8 @@ def create_app(reader: Reader, limits: ServerLimits = ServerLimits(), retriever=
             raise
         return {"answers": [a.to_dict() for a in answers]}
 
+    classify_serving.add_classify_route(app, classifier, limits, batcher, in_time)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return (resources.files("spanqa") / "static" / "index.html").read_text(encoding="utf-8")
@@ -272,7 +300,7 @@ def _check_store(store) -> None:
         store.embedder()
 
 
-def serve(reader: Reader, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
+def serve(reader: Reader | Classifier, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
           retriever=None) -> None:
     import uvicorn
 

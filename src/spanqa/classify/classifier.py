@@ -54,6 +54,15 @@ class ClassifierSettings:
         return ClassifierSettings(DataFormat(**data["format"]), list(data["labels"]), int(data["max_seq_length"]))
 
 
+def is_classifier_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder whose spanqa.json says it holds a classifier."""
+    settings = Path(path) / SETTINGS_FILE
+    try:
+        return settings.is_file() and json.loads(settings.read_text()).get("task") == TASK
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Prediction:
     """A classifier's answer for one input."""
@@ -128,7 +137,7 @@ class Classifier:
     """
 
     def __init__(self, model, tokenizer, settings: ClassifierSettings, device: torch.device | None = None,
-                 batch_size: int | None = None, precision: str = "fp32"):
+                 batch_size: int | None = None, precision: str = "fp32", path: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.settings = settings
@@ -137,16 +146,23 @@ class Classifier:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 128)
+        self.path = path
 
     @classmethod
     def load(cls, path: str, device: str | None = None, batch_size: int | None = None,
              trust_remote_code: bool = False, precision: str = "fp32") -> Classifier:
-        """A classifier from a folder written by `spanqa classify train`."""
+        """A classifier from a folder written by `spanqa classify train`, or its ONNX export (`spanqa export`)."""
+        from spanqa.export import OnnxClassifierModel, is_onnx_folder
+
         folder = resolve_model(path)
         settings = ClassifierSettings.read(folder)
-        model = load_classifier_model(folder, trust_remote_code)
+        if is_onnx_folder(folder):
+            model, device = OnnxClassifierModel(folder), "cpu"
+        else:
+            model = load_classifier_model(folder, trust_remote_code)
         tokenizer = load_tokenizer(folder, trust_remote_code)
-        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, precision)
+        return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, precision,
+                   folder)
 
     def table(self, examples: Sequence[TextExample]) -> SentenceTable:
         return build_table(examples, self.tokenizer, self.settings.max_seq_length, self.settings.labels,

@@ -117,23 +117,30 @@ def _input_lines(out: Console):
 
 
 @app.command("serve")
-def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONNX folder or QA model id"),
+def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder, exported ONNX folder or QA model id"),
               host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)"),
               port: int = typer.Option(8000),
               max_body_bytes: int = typer.Option(2_000_000, help="Larger request bodies get 413"),
-              max_context_chars: int = typer.Option(100_000, help="Longer contexts get 422"),
+              max_context_chars: int = typer.Option(100_000, help="Longer contexts (classifier: texts) get 422"),
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
               timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
               precision: str = typer.Option("fp32", help=PRECISION_HELP),
               index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index"),
               store: Optional[str] = typer.Option(None, "--store", help=f"Or over a store. {STORE_HELP}"),
               store_connections: int = typer.Option(8, help="With a PostgreSQL --store: the connection pool's size")) -> None:
-    """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /."""
+    """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /;
+    for a classifier folder (spanqa classify train), POST /v1/classify."""
+    from spanqa.classify.classifier import Classifier, is_classifier_folder
     from spanqa.qa.reader import Reader
     from spanqa.server import ServerLimits, serve
 
     limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
                           max_batch_items=max_batch_items, timeout_s=timeout)
+    if is_classifier_folder(model):
+        if index is not None or store is not None:
+            fail(f"{model} is a classifier: it answers no questions about a collection (drop --index/--store)")
+        serve(Classifier.load(model, precision=precision), host, port, limits)
+        return
     from spanqa.data.documents import CollectionError
     from spanqa.server import _check_store
 
@@ -147,13 +154,14 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONN
 
 
 @app.command("export")
-def export_cmd(model: str = typer.Argument(..., help="Reader folder or QA model id"),
+def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folder, or a QA model id"),
                out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-onnx or MODEL-int8)"),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX Runtime (the one format for now)"),
                int8: bool = typer.Option(False, "--int8", help="Dynamic int8 weights (feed-forward outputs stay fp32)"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
                                                     help="int8 for every MatMul (faster, less exact)")) -> None:
-    """An ONNX Runtime copy of a reader that `Reader.load`, ask, chat and serve run transparently."""
+    """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
+    classify predict and serve run transparently."""
     from spanqa.export import export_onnx
 
     if not onnx:
@@ -161,4 +169,9 @@ def export_cmd(model: str = typer.Argument(..., help="Reader folder or QA model 
     int8 = int8 or int8_everywhere
     target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
     path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
-    print(f"wrote {path}; try: spanqa ask {path} -q QUESTION -c TEXT")
+    from spanqa.classify.classifier import is_classifier_folder
+
+    if is_classifier_folder(path):
+        print(f"wrote {path}; try: spanqa classify predict {path} DATA --out predictions.jsonl, or spanqa serve {path}")
+    else:
+        print(f"wrote {path}; try: spanqa ask {path} -q QUESTION -c TEXT")
