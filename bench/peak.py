@@ -67,7 +67,7 @@ def onnx_int8_peak(shape: tuple[int, int, int], repeats: int) -> float:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from spanqa.export import _physical_cores
+    from spanqa.onnx_models import physical_cores
 
     m, k, n = shape
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def onnx_int8_peak(shape: tuple[int, int, int], repeats: int) -> float:
                               [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])], [weight, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
-    options.intra_op_num_threads = _physical_cores()
+    options.intra_op_num_threads = physical_cores()
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     return best_rate(lambda: session.run(None, {"A": a}), 2 * m * k * n, repeats)

@@ -3,7 +3,8 @@
 import numpy as np
 from test_reader import reader_folder
 
-from spanqa.export import OnnxQAModel, export_onnx
+from spanqa.export import export_onnx
+from spanqa.onnx_models import OnnxQAModel
 from spanqa.qa.reader import Reader
 from spanqa.qa.squad import Example
 from spanqa.qa.windows import build_windows

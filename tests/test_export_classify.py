@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from spanqa.classify.classifier import Classifier
 from spanqa.classify.task import train
 from spanqa.cli import app
-from spanqa.export import OnnxClassifierModel, export_onnx
+from spanqa.export import export_onnx
+from spanqa.onnx_models import OnnxClassifierModel
 from spanqa.models import ModelError
 
 LONG = " ".join(f"the film number {i} was quite a story" for i in range(12))

@@ -25,10 +25,8 @@ from spanqa.models import (
     load_tokenizer,
     resolve_model,
 )
+from spanqa.onnx_models import CLASSIFIER_OUTPUTS, ONNX_FILE, OUTPUTS
 
-ONNX_FILE = "model.onnx"
-OUTPUTS = ("start_logits", "end_logits")
-CLASSIFIER_OUTPUTS = ("logits",)
 
 
 def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17,
@@ -50,7 +48,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
                          "dynamic int8 (int8=True without calibration)")
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
     load = load_qa_model if classifier is None else load_classifier_model
-    qa_model = load(source, attn_implementation="eager").eval()
+    torch_model = load(source, attn_implementation="eager").eval()
     outputs = OUTPUTS if classifier is None else CLASSIFIER_OUTPUTS
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
     if classifier is not None and classifier.get("pairs") is False:
@@ -62,16 +60,16 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         fp32 = Path(tmp) / ONNX_FILE
         # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise
-        torch.onnx.export(qa_model, args, str(fp32), input_names=names, output_names=list(outputs),
+        torch.onnx.export(torch_model, args, str(fp32), input_names=names, output_names=list(outputs),
                           dynamic_axes={n: {0: "batch", 1: "sequence"} if n != "logits" else {0: "batch"}
                                         for n in (*names, *outputs)},
                           opset_version=opset, dynamo=False)
-        fused = _fuse_transformer_ops(fp32, qa_model.config)
+        fused = _fuse_transformer_ops(fp32, torch_model.config)
         staged = Path(tmp) / "reader"
         staged.mkdir()
         if int8 and calibration is not None:
             # static QDQ has no fused-Attention kernel: keep Q/K/V as plain MatMuls so they are quantized too
-            _quantize_static(_fuse_transformer_ops(fp32, qa_model.config, attention=False), staged / ONNX_FILE, _calibration_inputs(calibration, tokenizer, source, names),
+            _quantize_static(_fuse_transformer_ops(fp32, torch_model.config, attention=False), staged / ONNX_FILE, _calibration_inputs(calibration, tokenizer, source, names),
                              [] if int8_everywhere else _outlier_matmuls(fused))
         elif int8:
             from onnx import TensorProto
@@ -85,7 +83,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
         else:
             shutil.copy(fused, staged / ONNX_FILE)
         tokenizer.save_pretrained(staged)
-        qa_model.config.save_pretrained(staged)
+        torch_model.config.save_pretrained(staged)
         if (Path(source) / SETTINGS_FILE).exists():
             shutil.copy(Path(source) / SETTINGS_FILE, staged / SETTINGS_FILE)
         if out.exists():
@@ -180,64 +178,3 @@ def _fuse_transformer_ops(path: Path, config, attention: bool = True) -> Path:
     fused = path.with_name("fused.onnx" if attention else "fused-no-attention.onnx")
     optimized.save_model_to_file(str(fused))
     return fused
-
-
-class _OnnxModel:
-    """The slice of a transformers model's interface that `compute_logits` uses, on ONNX Runtime (CPU)."""
-
-    def __init__(self, folder: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-        from transformers import AutoConfig
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _physical_cores()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelError(f"cannot load {Path(folder) / ONNX_FILE}: {e}") from None
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        self.config = AutoConfig.from_pretrained(folder)
-
-    def run(self, outputs: Sequence[str], inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
-        feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
-        return self.session.run(list(outputs), feeds)
-
-    def eval(self):
-        return self
-
-    def to(self, device: torch.device):
-        if torch.device(device).type != "cpu":
-            raise ModelError("ONNX models run on CPU; load the torch folder for a GPU")
-        return self
-
-
-class OnnxQAModel(_OnnxModel):
-    """An exported reader: `model(**inputs)` gives start and end logits, as a transformers QA model."""
-
-    def __call__(self, **inputs: torch.Tensor):
-        from transformers.modeling_outputs import QuestionAnsweringModelOutput
-
-        start, end = self.run(OUTPUTS, inputs)
-        return QuestionAnsweringModelOutput(start_logits=torch.from_numpy(start), end_logits=torch.from_numpy(end))
-
-
-class OnnxClassifierModel(_OnnxModel):
-    """An exported classifier: `model(**inputs)` gives the logits, as a transformers sequence-classification model."""
-
-    def __call__(self, **inputs: torch.Tensor):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        [logits] = self.run(CLASSIFIER_OUTPUTS, inputs)
-        return SequenceClassifierOutput(logits=torch.from_numpy(logits))
-
-
-def is_onnx_folder(path: str | Path) -> bool:
-    return (Path(path) / ONNX_FILE).exists()
-
-
-def _physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -152,7 +152,7 @@ class Classifier:
     def load(cls, path: str, device: str | None = None, batch_size: int | None = None,
              trust_remote_code: bool = False, precision: str = "fp32") -> Classifier:
         """A classifier from a folder written by `spanqa classify train`, or its ONNX export (`spanqa export`)."""
-        from spanqa.export import OnnxClassifierModel, is_onnx_folder
+        from spanqa.onnx_models import OnnxClassifierModel, is_onnx_folder
 
         folder = resolve_model(path)
         settings = ClassifierSettings.read(folder)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from spanqa.data.batches import model_inputs
-from spanqa.export import OnnxQAModel, is_onnx_folder
-from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, resolve_model
+from spanqa.onnx_models import OnnxQAModel, is_onnx_folder
+from spanqa.models import SETTINGS_FILE, ModelError, load_qa_model, load_tokenizer, resolve_model
 from spanqa.qa.calibration import Calibration
 from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
@@ -107,7 +107,11 @@ class Reader:
         path = resolve_model(path_or_id)
         settings = ReaderSettings.read(path) if Path(path).exists() else ReaderSettings()
         if is_onnx_folder(path):
-            model, device = OnnxQAModel(path), "cpu"
+            try:
+                model, device = OnnxQAModel(path), "cpu"
+            except Exception as e:  # noqa: BLE001  onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
+                raise ModelError(f"cannot load the ONNX model in {path!r}: {str(e).strip()[:300]}; export it "
+                                 "again (spanqa export MODEL --onnx)") from None
         else:
             model = load_qa_model(path, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
@@ -146,6 +150,9 @@ class Reader:
         probabilities of being right when the reader has a calibration (`ReaderSettings.calibration`).
         """
         examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
+        blank = [i for i, e in enumerate(examples) if not e.question.strip()]
+        if blank:  # the model would still pick a span: an answer to no question
+            raise ValueError(f"question {blank[0]} of {len(examples)} is empty (or only whitespace)")
         decoding = self.settings.decoding
         if top_k > decoding.n_best:
             decoding = DecodeSettings(**{**asdict(decoding), "n_best": top_k})
