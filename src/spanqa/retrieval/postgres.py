@@ -23,6 +23,7 @@ wait for them. The schema is versioned (`schema_version`) and migrated on connec
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -114,6 +115,7 @@ class PostgresStore:
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
             raise CollectionError(f"schema name {schema!r}: use lowercase letters, digits and _")
         self.url, self.schema, self._embedder = url, schema, embedder
+        self._embedder_lock = threading.Lock()
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 vector_schema = _migrate(conn, schema)
@@ -244,15 +246,16 @@ class PostgresStore:
 
     def embedder(self):
         """The embedding model of the stored vectors (loaded on first use, checked against its fingerprint)."""
-        if self._embedder is None:
-            from .index import Embedder
+        with self._embedder_lock:  # threads sharing the store load it once (transformers' lazy imports race)
+            if self._embedder is None:
+                from .index import Embedder
 
-            info = self.info()
-            if "embedding_model" not in info:
-                raise CollectionError("this store is empty: add documents before searching it")
-            embedder = Embedder(info["embedding_model"], info["embedding_max_length"])
-            self.check_embedder(embedder)
-            self._embedder = embedder
+                info = self.info()
+                if "embedding_model" not in info:
+                    raise CollectionError("this store is empty: add documents before searching it")
+                embedder = Embedder(info["embedding_model"], info["embedding_max_length"])
+                self.check_embedder(embedder)
+                self._embedder = embedder
         return self._embedder
 
     def retrieve(self, queries: Sequence[str], vectors: np.ndarray | None, k: int = 5,
