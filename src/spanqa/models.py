@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 from pathlib import Path
@@ -38,20 +39,65 @@ def resolve_model(name_or_path: str | os.PathLike | None, tokenizer_only: bool =
             raise ModelError(f"{path} is not a {'tokenizer or ' if tokenizer_only else ''}model folder "
                              f"(no {' or '.join(wanted)})")
         return str(path)
-    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
-        raise ModelError(f"model folder {name_or_path} does not exist")
-    return str(name_or_path)
+    name = str(name_or_path)
+    if looks_like_path(name):
+        raise ModelError(f"model folder {name} does not exist (no such folder); check the path")
+    return _hub_model(name)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name meant as a folder: hub ids are `name` or `owner/name`, never ./x, ~/x, /x, a/b/c, a\\b, or
+    `runs/readr` when `runs` is a local folder."""
+    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
+        return True
+    parent = Path(name).parent
+    return str(parent) != "." and parent.expanduser().is_dir()
+
+
+def _hub_model(name: str) -> str:
+    """A hub id, or its cached copy when the hub cannot be reached: transformers would otherwise retry for
+    half a minute before saying the model is missing."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and hub_reachable():
+        return name
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id (HFValidationError)
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        raise ModelError(f"{name}: no such folder, and {why} with no cached copy of a hub model of that "
+                         "name; pass a model folder (e.g. runs/reader), or connect to download it") from None
+
+
+@functools.cache
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Can a TCP connection to the hub (HF_ENDPOINT) open within `timeout` seconds? A proxy counts as yes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; transformers goes through it
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
     """A fast tokenizer (character offsets are required)."""
+    path = resolve_model(name_or_path, tokenizer_only=True)  # first: a wrong name fails at once
     from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path, tokenizer_only=True)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise ModelError(f"cannot load a tokenizer from {path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001  a damaged tokenizer.json raises tokenizers' bare Exception
+        raise ModelError(f"cannot load a tokenizer from {path!r}: {_first_line(e)}; is the folder complete? "
+                         "(copy it again, or train the model again)") from None
     if not tok.is_fast:
         raise ModelError(f"{path}: the tokenizer has no fast (offsets) version; spanqa needs character offsets")
     return tok
@@ -59,9 +105,13 @@ def load_tokenizer(name_or_path: str | None, trust_remote_code: bool = False):
 
 def max_positions(name_or_path: str | None, trust_remote_code: bool = False) -> int | None:
     """The longest input the model's position embeddings allow (None when unbounded or unknown)."""
+    path = resolve_model(name_or_path)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the model configuration in {path!r}: {_first_line(e)}") from None
     return getattr(config, "max_position_embeddings", None)
 
 
@@ -101,10 +151,16 @@ def _load(auto_class, name_or_path: str | None, what: str, trust_remote_code: bo
     hf_logging.disable_progress_bar()
     try:
         return auto_class.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a {what} from {path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001  damaged weights raise safetensors' own error, bad JSON a ValueError
+        raise ModelError(f"cannot load a {what} from {path!r}: {_first_line(e)}; is the folder complete and "
+                         "its model.safetensors intact? (copy it again, or train the model again)") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def load_mlm_model(name_or_path: str | None, trust_remote_code: bool = False):
@@ -154,3 +210,28 @@ def has_qa_head(name_or_path: str | None) -> bool:
         return False
     architectures = json.loads(config.read_text()).get("architectures") or []
     return any("QuestionAnswering" in a for a in architectures)
+
+
+def student_layer_choice(total: int, keep: int) -> list[int]:
+    """Which of `total` encoder layers a `keep`-layer student starts from: evenly spaced, the first one
+    included (DistilBERT's choice: of 6 layers, 3 keeps 0, 2, 4)."""
+    if not 1 <= keep <= total:
+        raise ModelError(f"cannot keep {keep} of {total} layers")
+    return [i * total // keep for i in range(keep)]
+
+
+def keep_layers(model, keep: int):
+    """Cut a BERT-family model's encoder to `keep` of its layers (`student_layer_choice`), in place."""
+    import torch
+
+    base = model.base_model
+    holder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    layers = getattr(holder, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelError(f"{type(model).__name__}: no encoder layer list to cut; --student-layers needs a BERT-family model")
+    chosen = student_layer_choice(len(layers), keep)
+    holder.layer = torch.nn.ModuleList(layers[i] for i in chosen)
+    for name in ("num_hidden_layers", "n_layers"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, keep)
+    return model

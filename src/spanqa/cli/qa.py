@@ -32,12 +32,21 @@ def train_cmd(
                                             "it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)"),
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
+    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
+                               "deleted), or --resume with settings that differ from the run's"),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
+                                                   "a damaged one falls back to the one before"),
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
     negatives: Optional[int] = typer.Option(None, help="Add N retrieved wrong passages per question as unanswerable "
                                                        "examples: a reader for document collections (implies --version-2)"),
+    student_layers: Optional[int] = typer.Option(None, help="Keep this many of the encoder's layers (evenly spaced): "
+                                                 "a smaller, faster reader"),
+    teacher: Optional[str] = typer.Option(None, help="Distil from this trained reader (its start/end distributions)"),
+    distill_alpha: Optional[float] = typer.Option(None, help="Weight of the teacher's loss (default 0.5)"),
+    temperature: Optional[float] = typer.Option(None, help="Distillation temperature (default 2)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
-    """Fine-tune an encoder into an extractive QA reader and score it on dev."""
+    """Fine-tune an encoder into an extractive QA reader and score it on dev (or distil one from --teacher)."""
     from spanqa.data.sources import DataError
     from spanqa.models import ModelError
     from spanqa.qa.config import build_config
@@ -46,10 +55,15 @@ def train_cmd(
     from spanqa.training.config import ConfigError
 
     flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
-    flags.update(resume=resume or None, version_2=version_2 or None, trust_remote_code=trust_remote_code or None)
+    flags.update(resume=resume or None, force=force or None, version_2=version_2 or None, trust_remote_code=trust_remote_code or None)
     try:
         cfg = build_config(recipe, config, **flags)
-        metrics = train(cfg)
+        if cfg.teacher:
+            from spanqa.distill.task import distill
+
+            metrics = distill(cfg)
+        else:
+            metrics = train(cfg)
     except (ConfigError, DataError, ModelError, WindowError) as e:
         fail(str(e))
     except KeyboardInterrupt as e:
@@ -136,7 +150,8 @@ def predict_cmd(model: str = typer.Argument(..., help="Reader folder or extracti
 
 @app.command("quickstart")
 def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the reader goes"),
-               recipe: Optional[str] = typer.Option(None, help="Default: cpu-fast on CPU, full on a GPU")) -> None:
+               recipe: Optional[str] = typer.Option(None, help="Default: cpu-fast on CPU, full on a GPU"),
+               force: bool = typer.Option(False, "--force", help="Start over in an output folder that holds a run")) -> None:
     """The first run: fine-tune the packaged encoder on SQuAD, evaluate on dev, answer a question."""
     import torch
 
@@ -148,7 +163,7 @@ def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the read
     from spanqa.qa.train import train
 
     try:
-        metrics = train(build_config(chosen, None, output_dir=output_dir))
+        metrics = train(build_config(chosen, None, output_dir=output_dir, force=force or None))
     except ValueError as e:
         fail(str(e))
     context = ("The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair. "

@@ -28,6 +28,10 @@ class TrainConfig(LoopConfig):
     n_best: int = 20
     version_2: bool = False            # train with unanswerable questions (CLS labels)
     negatives: int = 0                 # > 0: per question, that many retrieved wrong passages as unanswerable
+    student_layers: int | None = None  # keep this many of the encoder's layers (evenly spaced, the first included)
+    teacher: str | None = None         # distillation: a trained reader whose start/end distributions are learned
+    distill_alpha: float = 0.5         # weight of the teacher's loss (1 - alpha: the gold labels')
+    temperature: float = 2.0           # softmax temperature of the distillation loss
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +43,10 @@ class TrainConfig(LoopConfig):
             raise ConfigError("negatives must be >= 0")
         if self.negatives:
             self.version_2 = True  # a wrong passage is labelled "no answer" (CLS)
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ConfigError("student_layers must be >= 1")
+        if not 0 <= self.distill_alpha <= 1 or self.temperature <= 0:
+            raise ConfigError("distill_alpha must be in [0, 1] and temperature > 0")
 
     @property
     def windows(self) -> WindowSettings:

@@ -17,7 +17,7 @@ import torch
 from spanqa.data.batches import model_inputs
 from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
-from spanqa.models import SETTINGS_FILE, load_qa_model, load_tokenizer, max_positions
+from spanqa.models import SETTINGS_FILE, keep_layers, load_qa_model, load_tokenizer, max_positions
 from spanqa.progress import progress_bar
 from spanqa.qa.config import TrainConfig, default_data_file
 from spanqa.qa.evaluate import calibrate_threshold, evaluate_windows, write_predictions, write_report_files
@@ -52,7 +52,8 @@ class QATask:
         return np.asarray(self.train_w.attention_mask).sum(axis=1)
 
     def build_model(self) -> torch.nn.Module:
-        return load_qa_model(self.config.model, self.config.trust_remote_code)
+        model = load_qa_model(self.config.model, self.config.trust_remote_code)
+        return keep_layers(model, self.config.student_layers) if self.config.student_layers else model
 
     def loss(self, model, rows: np.ndarray, device, epoch: int) -> torch.Tensor:
         rows = np.sort(rows)

@@ -23,7 +23,7 @@ from spanqa.files import atomic_write_json
 from spanqa.progress import progress_bar
 from spanqa.training.checkpoints import (
     TrainState,
-    clear_checkpoints,
+    begin_run,
     load_checkpoint,
     save_checkpoint,
 )
@@ -85,6 +85,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     # cpu=True on CPU-only machines: without it accelerate ignores torchrun and every rank trains alone
     accelerator = Accelerator(mixed_precision=mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
+    # refuse a new run over another run's checkpoints, or a resume with other settings, before any work
+    begin_run(out, config, is_main, accelerator.wait_for_everyone)
     with accelerator.main_process_first():
         task.prepare(is_main)
     lengths = np.asarray(task.lengths())
@@ -110,8 +112,6 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     state = TrainState()
     if config.resume:
         state = load_checkpoint(out, model, optimizer, scheduler) or state
-    elif is_main:
-        clear_checkpoints(out)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     autocast = autocast_dtype(accelerator)
@@ -119,7 +119,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     if budget:  # what the final outputs import would otherwise be paid from the budget
         import matplotlib.pyplot  # noqa: F401
     started = time.perf_counter() - state.elapsed
-    window_loss, window_n = 0.0, 0
+    window_loss, window_n = state.window_loss, state.window_n  # a resume continues the checkpoint's window
     last_eval: tuple[int, Any] | None = None  # (step, what evaluate returned): the final outputs reuse it
 
     def evaluate_into_history() -> tuple[int, Any] | None:
@@ -193,7 +193,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                     last_eval = evaluate_into_history()
                 if config.save_steps and state.step % config.save_steps == 0:
                     state.elapsed = time.perf_counter() - started
-                    save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
+                    state.window_loss, state.window_n = window_loss, window_n
+                    save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints)
                     if budget:
                         budget.last_save_seconds = time.perf_counter() - started - state.elapsed
             if position >= usable:
@@ -208,7 +209,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     bar.close()
     state.elapsed = time.perf_counter() - started
     if not (config.save_steps and state.step % config.save_steps == 0):
-        save_checkpoint(accelerator, out, model, optimizer, scheduler, state)
+        state.window_loss, state.window_n = window_loss, window_n
+        save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints)
     summary: dict = {}
     if is_main:
         reused = last_eval[1] if last_eval and last_eval[0] == state.step else None
@@ -267,6 +269,11 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast_dtype(accelerator) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+
+
+def autocast_dtype_for(precision: str) -> torch.dtype | None:
+    """The autocast dtype a run with this --precision uses on this machine (None: fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(precision))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
