@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from conftest import TINY_QAS, squad_json, write_people
 from spanqa.distill.task import distill, distillation_loss
-from spanqa.distill.teacher import map_to_student, teacher_logits
+from spanqa.distill.teacher import map_to_student
 from spanqa.models import keep_layers, load_qa_model, student_layer_choice
 from spanqa.qa.config import TrainConfig
 from spanqa.qa.squad import load_dataset
