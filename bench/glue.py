@@ -1,0 +1,67 @@
+"""GLUE dev with the packaged MiniLM: SST-2, MRPC, RTE, CoLA, STS-B, each with its `glue-*` recipe.
+
+    python bench/glue.py [--work /work/runs/glue] [--tasks sst2 mrpc rte cola stsb] [--seeds 3]
+
+MRPC, RTE and STS-B (small, noisy) are run with `--seeds` seeds and reported as the median; SST-2 and
+CoLA once. Every run is a `spanqa classify train` command, printed before it runs; a run whose output
+exists is skipped (re-run the script after an interruption). Results, with the published dev numbers
+beside them and the training minutes of each run: bench/results/glue.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPANQA = [sys.executable, "-m", "spanqa"]
+# the main metric of each task, and published dev numbers (MiniLM-L6xH384, DistilBERT, HF run_glue bert-base-cased)
+MAIN = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews_correlation", "stsb": "pearson"}
+PUBLISHED = {"minilm_l6_h384": {"sst2": 91.5, "mrpc": 88.9, "rte": 68.8, "cola": 47.5},
+             "distilbert": {"sst2": 91.3, "mrpc": 87.5, "rte": 59.9, "cola": 51.3, "stsb": 86.9},
+             "bert_base_cased_run_glue": {"sst2": 92.32, "mrpc": 88.85, "rte": 65.70, "cola": 56.53, "stsb": 88.64}}
+SEEDED = {"mrpc", "rte", "stsb"}
+
+
+def run(task: str, seed: int, work: Path) -> dict:
+    out = work / f"{task}-seed{seed}"
+    args = ["classify", "train", "--recipe", f"glue-{task}", "--seed", str(seed), "--output-dir", str(out)]
+    if not (out / "metrics.json").exists():
+        print(f"$ spanqa {shlex.join(args)}", flush=True)
+        subprocess.run(SPANQA + args, check=True)
+    else:
+        print(f"skip (exists): spanqa {shlex.join(args)}", flush=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/work/runs/glue"))
+    parser.add_argument("--tasks", nargs="+", default=list(MAIN))
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        seeds = range(42, 42 + (args.seeds if task in SEEDED else 1))
+        runs = [run(task, seed, args.work) for seed in seeds]
+        main_metric = MAIN[task]
+        values = [100 * r[main_metric] for r in runs]  # metrics are fractions; published numbers are percents
+        results[task] = {"metric": main_metric, "median": statistics.median(values), "runs": values,
+                         "all_metrics": runs, "train_minutes": [r["train_seconds"] / 60 for r in runs]}
+        print(f"{task}: {main_metric} median {results[task]['median']:.1f} of {values}", flush=True)
+    out = ROOT / "bench" / "results" / "glue.json"
+    out.write_text(json.dumps({"tasks": results, "published": PUBLISHED, "wall_minutes": (time.perf_counter() - t0) / 60,
+                               "command": "python bench/glue.py " + shlex.join(sys.argv[1:])}, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
