@@ -29,7 +29,7 @@ from spanqa.training.checkpoints import (
 )
 from spanqa.training.config import LoopConfig
 from spanqa.training.history import plot_learning_curve, plot_time_to_accuracy
-from spanqa.training.schedule import TimeBudget
+from spanqa.training.schedule import TimeBudget, linear_factor
 
 
 class Task(Protocol):
@@ -102,7 +102,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     budget = None
     if config.time_budget_seconds:
         # the schedule follows elapsed time; epochs are not counted (max_steps, if given, still caps the run)
-        budget = TimeBudget(config.time_budget_seconds, config.warmup_ratio)
+        budget = TimeBudget(config.time_budget_seconds)
         total_steps = config.max_steps if config.max_steps > 0 else None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: budget.factor)
     else:
@@ -135,19 +135,20 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
         accelerator.wait_for_everyone()
         return evaluated
 
-    def clock() -> float:
-        """Seconds since the run started (the main process's clock, so every process stops at the same step)."""
-        seconds = time.perf_counter() - started
+    def budget_used() -> float:
+        """Share of the time budget used: the main process's clock and reserve (only it evaluates), so that
+        every process takes the same learning rate and stops at the same step."""
+        used = budget.progress(time.perf_counter() - started)
         if processes > 1:
             from accelerate.utils import broadcast
 
-            seconds = broadcast(torch.tensor([seconds], dtype=torch.float64, device=device)).item()
-        return seconds
+            used = broadcast(torch.tensor([used], dtype=torch.float64, device=device)).item()
+        return used
 
     def finished() -> bool:
         if total_steps is not None and state.step >= total_steps:
             return True
-        return budget is not None and budget.done(clock())
+        return budget is not None and budget_used() >= 1.0
 
     plan = f"{total_steps:,} steps" if total_steps else f"time budget {config.time_budget}"
     bar = progress_bar(f"training ({len(lengths):,} {task.unit}, {plan})", total_steps, enabled=is_main, unit="step")
@@ -168,7 +169,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                     window_n += len(micro)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 if budget:  # the learning rate for this step, from the share of the budget used so far
-                    budget.update(clock())
+                    budget.factor = linear_factor(budget_used(), config.warmup_ratio)
                     for param_group in optimizer.param_groups:
                         param_group["lr"] = param_group["initial_lr"] * budget.factor
                 optimizer.step()

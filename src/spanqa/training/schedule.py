@@ -20,12 +20,11 @@ def linear_factor(progress: float, warmup: float) -> float:
 class TimeBudget:
     """Progress of a run as a share of its time budget, keeping back time for the final evaluation."""
 
-    def __init__(self, seconds: float, warmup_ratio: float):
+    def __init__(self, seconds: float):
         self.seconds = seconds
-        self.warmup_ratio = warmup_ratio
         self.last_eval_seconds: float | None = None
         self.last_save_seconds = 0.0  # a checkpoint's write time: the final outputs cost about twice that
-        self.factor = 0.0  # the learning-rate multiplier for the next optimizer step
+        self.factor = 0.0  # the learning-rate multiplier of the current optimizer step
 
     def reserve(self) -> float:
         """Seconds kept for the final evaluation and for writing outputs: the last evaluation's and twice the
@@ -35,10 +34,5 @@ class TimeBudget:
         return 1.25 * self.last_eval_seconds + 2 * self.last_save_seconds + min(30.0, 0.15 * self.seconds)
 
     def progress(self, elapsed: float) -> float:
+        """Share of the budget (less the reserve) used after `elapsed` seconds, at most 1."""
         return min(1.0, elapsed / max(self.seconds - self.reserve(), 1e-9))
-
-    def update(self, elapsed: float) -> None:
-        self.factor = linear_factor(self.progress(elapsed), self.warmup_ratio)
-
-    def done(self, elapsed: float) -> bool:
-        return self.progress(elapsed) >= 1.0
