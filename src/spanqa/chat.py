@@ -53,7 +53,11 @@ def chat(reader: Reader, lines: Iterator[str], console: Console, context: str = 
             if not path.is_file():
                 console.print(f"[red]no such file:[/] {escape(str(path))}")
                 continue
-            context = path.read_text(encoding="utf-8")
+            try:
+                context = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                console.print(f"[red]not UTF-8 text[/] (byte {e.start}): {escape(str(path))}; convert it first")
+                continue
             console.print(f"loaded {len(context):,} characters from {escape(str(path))}")
         elif command == ":context":
             context = arg.strip()

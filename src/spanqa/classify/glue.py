@@ -22,8 +22,8 @@ from spanqa.data.sources import (
     Problem,
     hub_records,
     looks_like_path,
-    open_text,
     read_jsonl,
+    text_lines,
 )
 
 
@@ -212,32 +212,31 @@ def _records(source: str, fmt: DataFormat, split: str, problems: list[Problem]) 
 
 def _glue_rows(path: Path, task: GlueTask, problems: list[Problem]) -> Iterator[Record]:
     """A GLUE TSV's rows split on tabs, no quoting; the header (after MRPC's BOM) checked, not returned."""
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-                if task.has_header:
-                    if tuple(line.split("\t")) != task.columns:
-                        raise DataError(f"{path}, line 1: header {line[:120]!r} is not {task.name.upper()}'s "
-                                        f"({chr(9).join(task.columns)!r}); is this the right --task?")
-                    continue
-            if not line.strip():
+    for lineno, raw in text_lines(path):
+        line = raw.rstrip("\r\n")
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")
+            if task.has_header:
+                if tuple(line.split("\t")) != task.columns:
+                    raise DataError(f"{path}, line 1: header {line[:120]!r} is not {task.name.upper()}'s "
+                                    f"({chr(9).join(task.columns)!r}); is this the right --task?")
                 continue
-            cells = line.split("\t")
-            if len(cells) != len(task.columns):
-                problems.append(Problem(Location(str(path), line=lineno), "columns",
-                                        f"{len(cells)} tab-separated columns, expected {len(task.columns)} "
-                                        f"({', '.join(task.columns)})"))
-                continue
-            yield lineno, dict(zip(task.columns, cells))
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(task.columns):
+            problems.append(Problem(Location(str(path), line=lineno), "columns",
+                                    f"{len(cells)} tab-separated columns, expected {len(task.columns)} "
+                                    f"({', '.join(task.columns)})"))
+            continue
+        yield lineno, dict(zip(task.columns, cells))
 
 
 def _header_rows(path: Path, delimiter: str, fmt: DataFormat, problems: list[Problem]) -> Iterator[Record]:
     """Rows of a CSV (standard quoting) or TSV (no quoting, as GLUE) with a header naming the fields."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    with open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+    reader = csv.reader((line for _, line in text_lines(path)), delimiter=delimiter, quoting=quoting)
+    try:
         header = next(reader, None)
         if header is None:
             return
@@ -257,6 +256,9 @@ def _header_rows(path: Path, delimiter: str, fmt: DataFormat, problems: list[Pro
                                         f"{len(cells)} columns, expected {len(header)} ({', '.join(header)})"))
                 continue
             yield start, dict(zip(header, cells))
+    except csv.Error as e:  # e.g. a field longer than csv's limit (131,072 characters)
+        raise DataError(f"{path}, line {reader.line_num}: cannot read this {'CSV' if delimiter == ',' else 'TSV'} "
+                        f"row ({e}); is the file damaged or in another format?") from None
 
 
 def _checked(source: str, records: Iterator[Record], fmt: DataFormat, known: tuple[str, ...] | None,
@@ -294,7 +296,7 @@ def _label(value: Any, name: str, where: Location, regression: bool, known: tupl
     if regression:
         try:
             score = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond a double
             score = math.nan
         if isinstance(value, bool) or not math.isfinite(score):
             problems.append(Problem(where, name, f"expected a number, got {value!r}"))

@@ -56,6 +56,10 @@ def pretrain_cmd(
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
+    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
+                               "deleted), or --resume with settings that differ from the run's"),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
+                                                   "a damaged one falls back to the one before"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
     """Masked-LM pretraining: continue an encoder on domain text, or train a new BERT from scratch."""
@@ -67,7 +71,7 @@ def pretrain_cmd(
     from spanqa.training.config import ConfigError
 
     flags = {k: v for k, v in locals().items() if k not in ("recipe", "config", "warnings") and not callable(v)}
-    flags.update(resume=resume or None, from_scratch=from_scratch or None, pre_ln=pre_ln or None,
+    flags.update(resume=resume or None, force=force or None, from_scratch=from_scratch or None, pre_ln=pre_ln or None,
                  whole_word_mask=whole_word_mask or None, trust_remote_code=trust_remote_code or None)
     try:
         cfg = build_pretrain_config(recipe, config, **flags)

@@ -45,6 +45,10 @@ def train_cmd(
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, eval_batch_size: Optional[int] = None,
     log_steps: Optional[int] = None,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
+    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
+                               "deleted), or --resume with settings that differ from the run's"),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
+                                                   "a damaged one falls back to the one before"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
     """Fine-tune an encoder into a sentence (pair) classifier and score it on dev."""
@@ -54,7 +58,7 @@ def train_cmd(
     from spanqa.training.config import ConfigError
 
     flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
-    flags.update(resume=resume or None, regression=regression or None, trust_remote_code=trust_remote_code or None)
+    flags.update(resume=resume or None, force=force or None, regression=regression or None, trust_remote_code=trust_remote_code or None)
     try:
         cfg = build_config(recipe, config, **flags)
         metrics = train(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -18,6 +19,15 @@ def fail(message: str, code: int = 2) -> None:
     console.print("[bold red]error:[/] ", end="", markup=True, highlight=False)
     console.print(message, markup=False, highlight=False)
     raise typer.Exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as `warning: message` lines (a checkpoint fallback, a resume with other settings, ...)."""
+    console.print("[yellow]warning:[/] ", end="", markup=True, highlight=False)
+    console.print(str(message), markup=False, highlight=False)
+
+
+warnings.showwarning = _show_warning
 
 
 def load_index(folder: Path):

@@ -36,6 +36,8 @@ def data_check(file: str = typer.Argument(..., help="SQuAD .json/.json.gz, flat 
     kind = "SQuAD v2.0" if stream.version_2 else "SQuAD v1.1"
     if stream.problems:
         fail(f"{file}: {len(stream.problems)} problem(s) in {kind} data", 1)
+    if not stream.count:
+        fail(f"{file}: no questions found (an empty 'data' list, or articles without questions)", 1)
     if write:
         write_jsonl(kept, write)
         console.print(f"wrote {len(kept)} records to {write}")

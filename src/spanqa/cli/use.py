@@ -26,8 +26,6 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             top_k: int = typer.Option(1, help="How many answers"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer one question about a passage, or about a whole indexed collection."""
-    from spanqa.qa.reader import Reader
-
     if sum(x is not None for x in (context, context_file, index, store)) != 1:
         fail("give the passage with -c TEXT or --context-file FILE, or a collection with --index DIR or "
              "--store URL (one of them)")
@@ -44,12 +42,10 @@ def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder 
             print(f"{a.text}\t(score {a.score:.3f}; {a.source()}, characters {a.passage_start}-{a.passage_end})")
         return
     if context_file is not None:
-        if not context_file.is_file():
-            fail(f"{context_file}: no such file")
-        context = context_file.read_text(encoding="utf-8")
+        context = _read_passage(context_file)
     if not context.strip():
         fail("the passage must not be empty")
-    answers = Reader.load(model).answer(question, context, top_k=top_k)
+    answers = _load_reader(model).answer(question, context, top_k=top_k)
     if as_json:
         print(json.dumps({"answers": [asdict(a) for a in answers]}, indent=2, ensure_ascii=False))
         return
@@ -64,14 +60,13 @@ def _ask_collection(model: str, folder: Optional[Path], store: Optional[str], qu
                     passages: int, mode: str):
     from spanqa.data.documents import CollectionError
     from spanqa.qa.collection import ask_collection
-    from spanqa.qa.reader import Reader
     from spanqa.retrieval.index import MODES
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}")
     collection = load_collection(folder, store)
     try:
-        return ask_collection(Reader.load(model), collection, question, top_k, passages, mode)
+        return ask_collection(_load_reader(model), collection, question, top_k, passages, mode)
     except CollectionError as e:
         fail(str(e))
     finally:
@@ -87,20 +82,38 @@ def chat_cmd(model: str = typer.Argument(..., help="Reader folder or extractive-
     """Ask many questions about a passage (or a collection); :load FILE switches passage, :quit leaves."""
     from spanqa.chat import chat
     from spanqa.qa.collection import ask_collection
-    from spanqa.qa.reader import Reader
 
-    context = ""
-    if context_file is not None:
-        if not context_file.is_file():
-            fail(f"{context_file}: no such file")
-        context = context_file.read_text(encoding="utf-8")
+    context = _read_passage(context_file) if context_file is not None else ""
     out = Console(soft_wrap=True)
-    reader = Reader.load(model)
+    reader = _load_reader(model)
     collection = None
     loaded = load_collection(index, store)
     if loaded is not None:
         collection = lambda question: ask_collection(reader, loaded, question, top_k)  # noqa: E731
     chat(reader, _input_lines(out), out, context, collection, top_k)
+
+
+def _read_passage(path: Path) -> str:
+    """A passage file's text, or exit with a message saying what is wrong with the file."""
+    if not path.is_file():
+        fail(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        fail(f"{path}: not UTF-8 text (byte {e.start}); convert it first, e.g. iconv -f latin1 -t utf-8 {path}")
+    except OSError as e:
+        fail(f"{path}: cannot read it ({e.strerror})")
+
+
+def _load_reader(model: str, **kwargs):
+    """`Reader.load`, or exit with its `ModelError` (missing folder, damaged weights, ...)."""
+    from spanqa.models import ModelError
+    from spanqa.qa.reader import Reader
+
+    try:
+        return Reader.load(model, **kwargs)
+    except ModelError as e:
+        fail(str(e))
 
 
 def _input_lines(out: Console):
@@ -131,7 +144,6 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
     """HTTP API (POST /v1/answer, /v1/ask with --index, GET /health, docs at /docs) and a web page at /;
     for a classifier folder (spanqa classify train), POST /v1/classify."""
     from spanqa.classify.classifier import Classifier, is_classifier_folder
-    from spanqa.qa.reader import Reader
     from spanqa.server import ServerLimits, serve
 
     limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
@@ -139,7 +151,13 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
     if is_classifier_folder(model):
         if index is not None or store is not None:
             fail(f"{model} is a classifier: it answers no questions about a collection (drop --index/--store)")
-        serve(Classifier.load(model, precision=precision), host, port, limits)
+        from spanqa.models import ModelError
+
+        try:
+            classifier = Classifier.load(model, precision=precision)
+        except ModelError as e:
+            fail(str(e))
+        serve(classifier, host, port, limits)
         return
     from spanqa.data.documents import CollectionError
     from spanqa.server import _check_store
@@ -150,7 +168,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
             _check_store(collection)  # reachable, and its embedding model is the one that wrote it
         except CollectionError as e:
             fail(str(e))
-    serve(Reader.load(model, precision=precision), host, port, limits, collection)
+    serve(_load_reader(model, precision=precision), host, port, limits, collection)
 
 
 @app.command("export")
@@ -168,7 +186,12 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
         fail("say which format: --onnx (the one supported now)")
     int8 = int8 or int8_everywhere
     target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
-    path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
+    from spanqa.models import ModelError
+
+    try:
+        path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
+    except ModelError as e:
+        fail(str(e))
     from spanqa.classify.classifier import is_classifier_folder
 
     if is_classifier_folder(path):

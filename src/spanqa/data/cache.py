@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
+
+from spanqa.files import remove_stale
 
 T = TypeVar("T")
 
@@ -55,6 +58,8 @@ def write_cache(final: Path, table_type: type, batches: Iterator, summary: Calla
     """Write the batches (instances of `table_type`) to `final` atomically; `summary()`, called once they
     are all written, may raise to abandon the cache or return what to record with it."""
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    if final.parent.is_dir():  # what killed writers left (their process is gone)
+        remove_stale(final.parent, re.compile(r"[0-9a-f]+\.tmp(\d+)"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, object] = {}

@@ -5,13 +5,12 @@ Shared by `spanqa index` (passages to retrieve) and `spanqa pretrain` (a masked-
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from spanqa.data.sources import DataError, read_json_file
+from spanqa.data.sources import DataError, parse_json, read_json_file
 
 
 class CollectionError(ValueError):
@@ -76,12 +75,12 @@ def _read_file(path: Path, field: str) -> Iterator[Document]:
         heading = re.match(r"#+\s+(.+)", text.lstrip()) if kind == ".md" else None
         yield Document(path.stem, heading.group(1).strip() if heading else path.stem, str(path), text)
     elif kind == ".jsonl":
-        for line_no, line in enumerate(_read_text(path).splitlines(), 1):
+        for line_no, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines: U+2028 is text
             if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CollectionError(f"{path}, line {line_no}: bad JSON ({e.msg}, column {e.colno})") from None
+                try:  # bounded nesting, finite numbers, no lone surrogates
+                    record = parse_json(line.encode("utf-8"), f"{path}, line {line_no}", one_line=True)
+                except DataError as e:
+                    raise CollectionError(str(e)) from None
                 yield _record_document(path, record, field, f"line {line_no}", str(line_no))
     else:
         try:
@@ -89,10 +88,15 @@ def _read_file(path: Path, field: str) -> Iterator[Document]:
         except DataError as e:
             raise CollectionError(str(e)) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):  # SQuAD: one document a paragraph
-            for article in data["data"]:
+            for a, article in enumerate(data["data"]):
+                if not isinstance(article, dict) or not isinstance(article.get("paragraphs", []), list):
+                    raise CollectionError(f"{path}: data[{a}] is not a SQuAD article (an object with a "
+                                          "'paragraphs' list)")
                 title = str(article.get("title", ""))
                 for p, paragraph in enumerate(article.get("paragraphs", [])):
-                    yield Document(f"{title}#{p}", title, str(path), str(paragraph.get("context", "")))
+                    if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context", ""), str):
+                        raise CollectionError(f"{path}: data[{a}].paragraphs[{p}]: no string 'context'")
+                    yield Document(f"{title}#{p}", title, str(path), paragraph.get("context", ""))
         elif isinstance(data, list):
             for i, record in enumerate(data):
                 yield _record_document(path, record, field, f"record {i}", str(i))
@@ -115,12 +119,11 @@ def _read_text(path: Path) -> str:
 
 def _read_pdf(path: Path) -> Document:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(path)
         text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages)
         title = (reader.metadata.title if reader.metadata else None) or path.stem
-    except (PdfReadError, ValueError, OSError) as e:
+    except Exception as e:  # pypdf parses untrusted bytes: any failure of it means an unreadable PDF
         raise CollectionError(f"{path}: cannot read this PDF ({e}); is it damaged or encrypted?") from None
     return Document(path.stem, str(title), str(path), text)

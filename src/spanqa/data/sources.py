@@ -7,10 +7,13 @@ Every task's loader (SQuAD questions, GLUE sentences, masked-LM corpora) reports
 from __future__ import annotations
 
 import gzip
-import json
+import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from spanqa.data import strict_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,39 +67,57 @@ def looks_like_path(source: str) -> bool:
     return source.endswith((".json", ".gz", ".jsonl")) or source.startswith((".", "/", "~"))
 
 
-def open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its newline) of a UTF-8 text file; `DataError` naming the line that is not UTF-8."""
+    with io.BufferedReader(open_binary(path), 1 << 16) as f:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, _decode(raw, f"{path}, line {lineno}")
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                        "convert the file to UTF-8") from None
 
 
 def read_json_file(path: str | Path) -> Any:
-    """Parse a .json or .json.gz file; `DataError` with line and column when it is not JSON."""
+    """Parse a .json or .json.gz file; `DataError` with line and column when it is not JSON, or naming
+    the value JSON does not allow (NaN, integers beyond 64 bits), the nesting or the escape spanqa refuses."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return _read_json(path)
+    with open_binary(path, scan_json=True) as f:
+        chunks = []
+        while chunk := f.read(1 << 20):
+            chunks.append(chunk)
+    return parse_json(b"".join(chunks), str(path), scanned=True)
 
 
-def _read_json(path: Path) -> Any:
+def parse_json(data: bytes, where: str, scanned: bool = False, one_line: bool = False) -> Any:
+    """One JSON text (a file, or with `one_line` a JSONL line) as a value, or `DataError` starting with `where`."""
     try:
-        with open_text(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+        if not scanned:
+            strict_json.check_bytes(data)
+        return strict_json.loads(_decode(data, where))
+    except strict_json.JsonProblem as e:
+        raise DataError(_located(where, e, one_line)) from None
+
+
+def _located(where: str, e: strict_json.JsonProblem, one_line: bool = False) -> str:
+    position = e.where()
+    if one_line and e.line is not None:  # `where` names the line already
+        position = f"column {e.column}" if e.column is not None else ""
+    return f"{where}{', ' + position if position else ''}: {e}"
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[Location, Any]]:
-    with open_text(path) as f:
+    with io.BufferedReader(open_binary(path), 1 << 16) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield Location(str(path), line=lineno), json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}") from None
+            yield Location(str(path), line=lineno), parse_json(line, f"{path}, line {lineno}", one_line=True)
 
 
 def hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
@@ -113,5 +134,49 @@ def hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
         yield Location(f"hub:{name}[{split}]", line=i + 1), record
 
 
-def open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+def open_binary(path: Path, scan_json: bool = False) -> GuardedFile:
+    """A data file's bytes (gunzipped when named .gz); a damaged, cut or mislabelled gzip file becomes a
+    `DataError` naming it. With `scan_json`, the bytes are scanned as they are read (`strict_json.JsonScanner`:
+    bounded nesting, no lone surrogate escapes), so no parser ever sees a file that would exhaust it."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    gzipped = path.name.lower().endswith(".gz")
+    if gzipped and head != b"\x1f\x8b":
+        raise DataError(f"{path}: named .gz but not gzip-compressed (it starts with {head!r}); "
+                        f"rename it to {path.name[:-3]} (or compress it with gzip)")
+    if not gzipped and head == b"\x1f\x8b":
+        raise DataError(f"{path}: gzip-compressed but not named .gz; rename it to {path.name}.gz")
+    raw = gzip.open(path, "rb") if gzipped else open(path, "rb")
+    return GuardedFile(raw, path, strict_json.JsonScanner() if scan_json else None)
+
+
+class GuardedFile(io.RawIOBase):
+    """Reads through to a (gzip) file, turning damage into `DataError` and, with a scanner, refusing JSON
+    nested too deeply or holding a lone surrogate escape, with the line and column."""
+
+    def __init__(self, raw, path: Path, scanner: strict_json.JsonScanner | None = None):
+        self.raw, self.path, self.scanner = raw, path, scanner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not len(buffer):
+            return 0
+        try:
+            data = self.raw.read(len(buffer))
+        except EOFError as e:
+            raise DataError(f"{self.path}: the gzip file is cut short ({e}); copy or download it again") from None
+        except (OSError, zlib.error) as e:
+            raise DataError(f"{self.path}: damaged gzip file ({e}); copy or download it again") from None
+        if self.scanner is not None:
+            try:
+                self.scanner.feed(data, final=not data)
+            except strict_json.JsonProblem as e:
+                raise DataError(_located(str(self.path), e)) from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()

@@ -152,7 +152,7 @@ class _Checker:
         elif not isinstance(value, str):
             self.problem(where, key, f"must be a string, got {type(value).__name__}")
         elif not value.strip():
-            self.problem(where, key, "empty")
+            self.problem(where, key, "empty (or only whitespace)")
         else:
             return value
         return None
@@ -178,6 +178,10 @@ class _Checker:
             f = f"{field_name}[{i}]"
             if not isinstance(text, str) or not text:
                 self.problem(where, f + ".text", "must be a non-empty string")
+                ok = False
+                continue
+            if not text.strip():  # would train on the neighbouring words
+                self.problem(where, f + ".text", "answer text is only whitespace; give the words of the answer")
                 ok = False
                 continue
             if not isinstance(start, int) or isinstance(start, bool):
@@ -235,7 +239,8 @@ def _nested_examples(path: Path, check: _Checker) -> Iterator[Example]:
 
     source, articles = str(path), 0
     try:
-        with open_binary(path) as f:
+        # scanned while read (bounded nesting, no lone surrogates): ijson never sees a hostile file
+        with open_binary(path, scan_json=True) as f:
             for a, article in enumerate(ijson.items(f, "data.item", use_float=True)):
                 articles += 1
                 yield from _article_examples(source, a, article, check)
@@ -245,13 +250,14 @@ def _nested_examples(path: Path, check: _Checker) -> Iterator[Example]:
                 raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
                                 "(for flat records use .jsonl)")
         if not check.version_2:  # "version" comes after "data" in the official files: a second, cheap pass
-            with open_binary(path) as f:
+            with open_binary(path, scan_json=True) as f:
                 check.version_2 = any(str(v).lstrip("v").startswith("2") for v in ijson.items(f, "version"))
-    except ijson.JSONError:
-        read_json_file(path)  # raises DataError with the line and column
-        raise
+    except ijson.JSONError as e:
+        read_json_file(path)  # DataError with the line and column, or the path of a number JSON forbids
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__  # what yajl refuses and json takes
+        raise DataError(f"{source}: not readable as JSON ({detail}); check the file with a JSON validator") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert the file to UTF-8") from None
 
 
 def _article_examples(source: str, a: int, article: Any, check: _Checker) -> Iterator[Example]:

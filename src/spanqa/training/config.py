@@ -41,6 +41,8 @@ class LoopConfig:
     eval_steps: int = 0                # 0: evaluate at the end of each epoch
     eval_batch_size: int = 64
     resume: bool = False
+    force: bool = False                # start over in a folder holding a run's checkpoints, or resume with other settings
+    keep_checkpoints: int = 2          # the newest K checkpoints are kept: a damaged one falls back to the one before
     trust_remote_code: bool = False
     log_steps: int = 20
     time_budget: str | None = None     # e.g. "30m": the schedule follows elapsed time and the run ends within it
@@ -48,7 +50,7 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "log_steps"):
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "log_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0 and self.time_budget is None:
