@@ -56,6 +56,9 @@ MIGRATIONS = {  # version -> statements that bring version - 1 to it; never edit
     """,
 }
 MAX_EF_SEARCH = 1000  # pgvector's limit
+# pgvector's default, 40, lost 0.8 points of dense recall@5 on open SQuAD dev (2,229 passages) against
+# exact search; 100 gave exact search's recall on its first 3,000 questions
+MIN_EF_SEARCH = 100
 
 _COLUMNS = "doc_id, title, path, passage_id, start, text"  # Passage's fields, in order
 # q is MATERIALIZED: inlined, the planner joined every passage with every row of `terms` before
@@ -269,8 +272,8 @@ class PostgresStore:
         tokens = bm25_tokens(queries) if mode != "dense" else [[] for _ in queries]
         out = []
         with self.pool.connection() as conn, conn.transaction():
-            # HNSW returns at most ef_search rows: the pool must fit
-            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(pool, 40), MAX_EF_SEARCH)}")
+            # HNSW returns at most ef_search rows: the pool must fit; at least MIN_EF_SEARCH
+            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(pool, MIN_EF_SEARCH), MAX_EF_SEARCH)}")
             total = conn.execute("SELECT passages FROM totals").fetchone()[0]
             for i, terms in enumerate(tokens):
                 params = {"terms": terms, "pool": pool, "k": k,
