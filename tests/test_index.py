@@ -113,7 +113,7 @@ def test_round_trip_add_and_mismatch(index, docs, tmp_path, tiny_model):
 @pytest.mark.parametrize("name, content, message", [
     ("bad.txt", b"caf\xe9 au lait", "not UTF-8"),
     ("bad.pdf", b"%PDF-1.4 this is not really a pdf", "cannot read this PDF"),
-    ("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n', "line 2: bad JSON"),
+    ("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n', "line 2, column 10: invalid JSON"),
     ("nofield.jsonl", b'{"body": "x"}\n', "no string field 'text'"),
     ("bad.docx", b"...", "unsupported file type"),
     ("blank.txt", b"   ", "no text to index"),

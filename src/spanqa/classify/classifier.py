@@ -48,10 +48,16 @@ class ClassifierSettings:
         path = Path(folder) / SETTINGS_FILE
         if not path.exists():
             raise ModelError(f"{folder}: no {SETTINGS_FILE}; train a classifier with `spanqa classify train`")
-        data = json.loads(path.read_text())
-        if data.get("task") != TASK:
-            raise ModelError(f"{folder}: not a classifier ({SETTINGS_FILE} says task {data.get('task', 'qa')!r})")
-        return ClassifierSettings(DataFormat(**data["format"]), list(data["labels"]), int(data["max_seq_length"]))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("task") != TASK:
+                raise ModelError(f"{folder}: not a classifier ({SETTINGS_FILE} says task {data.get('task', 'qa')!r})")
+            return ClassifierSettings(DataFormat(**data["format"]), list(data["labels"]), int(data["max_seq_length"]))
+        except ModelError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise ModelError(f"{path}: damaged classifier settings ({type(e).__name__}: {str(e)[:200]}); copy the "
+                             "folder again, or train it again") from None
 
 
 def is_classifier_folder(path: str | Path) -> bool:

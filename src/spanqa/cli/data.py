@@ -57,10 +57,17 @@ def data_stats(file: str = typer.Argument(..., help="Data file"),
     from spanqa.qa.stats import data_stats as compute
     from spanqa.qa.windows import WindowSettings, check_settings
 
-    settings = WindowSettings(max_seq_length, doc_stride, max_query_length)
-    tok = load_tokenizer(model)
-    check_settings(tok, settings)
-    stats = compute(load_dataset(file).examples, tok, settings)
+    from spanqa.data.sources import DataError
+    from spanqa.models import ModelError
+    from spanqa.qa.windows import WindowError
+
+    try:
+        settings = WindowSettings(max_seq_length, doc_stride, max_query_length)
+        tok = load_tokenizer(model)
+        check_settings(tok, settings)
+        stats = compute(load_dataset(file).examples, tok, settings)
+    except (DataError, ModelError, WindowError) as e:
+        fail(str(e))
     if as_json:
         out = stats.to_dict(settings)
         if not show_failures:
@@ -101,6 +108,8 @@ def score(data: Path = typer.Argument(..., help="SQuAD v1.1 or v2.0 JSON (.json 
         probs = read_json_file(na_probs) if na_probs else None
     except DataError as e:
         fail(str(e))
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
+        fail(f"{data}: not SQuAD JSON: expected an object with a 'data' list")
     if not isinstance(preds, dict) or not all(isinstance(v, str) for v in preds.values()):
         fail(f"{predictions}: expected a JSON object mapping question ids to answer strings")
     result = compute(dataset, preds, probs, na_prob_thresh=na_prob_thresh)

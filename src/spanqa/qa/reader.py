@@ -61,10 +61,14 @@ class ReaderSettings:
         path = Path(folder) / SETTINGS_FILE
         if not path.exists():
             return ReaderSettings()
-        data = json.loads(path.read_text())
-        calibration = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
-        return ReaderSettings(WindowSettings(**data.get("windows", {})), DecodeSettings(**data.get("decoding", {})),
-                              calibration)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            calibration = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
+            return ReaderSettings(WindowSettings(**data.get("windows", {})), DecodeSettings(**data.get("decoding", {})),
+                                  calibration)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            raise ModelError(f"{path}: damaged reader settings ({type(e).__name__}: {str(e)[:200]}); copy the "
+                             "folder again, or delete the file to use the default settings") from None
 
     def to_dict(self) -> dict:
         out = {"windows": asdict(self.windows), "decoding": asdict(self.decoding)}

@@ -3,9 +3,10 @@
 Only our own files are read back: weights as safetensors, the optimizer state with
 `torch.load(weights_only=True)` (tensors and plain containers, never arbitrary pickled objects).
 Each checkpoint records the sha256 of its files, checked before a resume uses it; the last
-`keep_checkpoints` are kept, so a damaged one falls back to the one before. `run.json` records the
-settings of the run (data files by content), so `--resume` with other settings is refused, and a new
-run into a folder that holds another run's checkpoints is refused unless asked (`--force`).
+`keep_checkpoints` are kept, so a damaged one falls back to the one before. Each checkpoint's `run.json`
+records the settings it was made with (data files by content), so `--resume` with other settings is
+refused, and a new run into a folder that holds another run's checkpoints is refused unless asked
+(`--force`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from spanqa.files import atomic_write_json, read_json, remove_stale
 from spanqa.training.config import ConfigError, LoopConfig
 
 CHECKPOINTS = "checkpoints"
-RUN_FILE = "run.json"          # the settings of the run whose checkpoints these are
+RUN_FILE = "run.json"          # the settings a checkpoint was made with
 CHECKSUMS = "checksums.json"   # sha256 of every other file of a checkpoint
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 # settings that change neither the weights nor the training losses: a resume may change them
@@ -60,10 +61,10 @@ def checkpoint_folders(out: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -> None:
+def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -> dict:
     """Before any training: refuse a new run into another run's checkpoints (unless `force`) and a resume
-    with other settings (unless `force`); then (main process) clean what a killed run left, clear the old
-    checkpoints of a forced new run and record this run's settings."""
+    with other settings (unless `force`); then (main process) clean what a killed save left and clear the
+    old checkpoints of a forced new run. Returns the run's settings, for `save_checkpoint` to record."""
     existing = checkpoint_folders(out)
     identity = run_identity(config)
     if not config.resume and existing and not config.force:
@@ -71,7 +72,7 @@ def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -
                           f"{existing[0].name.split('-')[1]}): continue it with --resume, start over with --force "
                           "(its checkpoints are deleted), or choose another --output-dir")
     if config.resume and existing:
-        saved = _saved_identity(out)
+        saved = _saved_identity(existing[0])
         differing = [] if saved is None else differences(saved, identity)
         if differing and not config.force:
             raise ConfigError(f"--resume: these settings differ from those of the run in {out}:\n  "
@@ -81,17 +82,15 @@ def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -
             warnings.warn(f"resuming {out} with other settings (--force): {'; '.join(differing)}",
                           CheckpointWarning, stacklevel=2)
     wait()
-    if not is_main:
-        return
     root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    # a killed save leaves .tmp-checkpoint-N: older than this run, so nobody is writing it
-    remove_stale(root, re.compile(r"\.tmp-checkpoint-\d+"), older_than=time.time())
-    if not config.resume:
-        for folder in existing:
-            shutil.rmtree(folder, ignore_errors=True)
-        (root / "latest.json").unlink(missing_ok=True)
-    atomic_write_json(root / RUN_FILE, {"identity": identity, "config": config.to_dict()})
+    if is_main and root.is_dir():
+        # a killed save leaves .tmp-checkpoint-N: older than this run, so nobody is writing it
+        remove_stale(root, re.compile(r"\.tmp-checkpoint-\d+"), older_than=time.time())
+        if not config.resume:
+            for folder in existing:
+                shutil.rmtree(folder, ignore_errors=True)
+            (root / "latest.json").unlink(missing_ok=True)
+    return {"identity": identity, "config": config.to_dict()}
 
 
 def clear_checkpoints(out: Path) -> None:
@@ -99,9 +98,10 @@ def clear_checkpoints(out: Path) -> None:
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, out: Path, model, optimizer, scheduler, state: TrainState, keep: int = 2) -> None:
-    """Write checkpoint-<step> (files, then their checksums) into a temporary folder, rename it into place,
-    point `latest.json` at it, and keep only the newest `keep` checkpoints."""
+def save_checkpoint(accelerator, out: Path, model, optimizer, scheduler, state: TrainState, keep: int = 2,
+                    run: dict | None = None) -> None:
+    """Write checkpoint-<step> (files, the run's settings `run` from `begin_run`, then their checksums) into
+    a temporary folder, rename it into place, point `latest.json` at it, keep only the newest `keep`."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -116,6 +116,8 @@ def save_checkpoint(accelerator, out: Path, model, optimizer, scheduler, state: 
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                tmp / "training_state.pt")
     atomic_write_json(tmp / "state.json", state.__dict__)
+    if run is not None:
+        atomic_write_json(tmp / RUN_FILE, run)
     atomic_write_json(tmp / CHECKSUMS, {f.name: file_sha256(f) for f in sorted(tmp.iterdir())
                                         if f.is_file() and f.name != CHECKSUMS})
     shutil.rmtree(final, ignore_errors=True)
@@ -236,9 +238,9 @@ def _listing(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _saved_identity(out: Path) -> dict | None:
+def _saved_identity(checkpoint: Path) -> dict | None:
     try:
-        return read_json(out / CHECKPOINTS / RUN_FILE)["identity"]
+        return read_json(checkpoint / RUN_FILE)["identity"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # checkpoints of an older spanqa: nothing to compare
 

@@ -100,7 +100,11 @@ def load_yaml(path_or_recipe: str) -> dict[str, Any]:
         text = (resources.files("spanqa.recipes") / f"{path_or_recipe}.yaml").read_text()
     else:
         text = path.read_text()
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else "nested too deeply"
+        raise ConfigError(f"{path_or_recipe}: not a YAML file of settings ({why})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path_or_recipe}: expected a mapping of settings")
     return values

@@ -86,7 +86,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     accelerator = Accelerator(mixed_precision=mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     # refuse a new run over another run's checkpoints, or a resume with other settings, before any work
-    begin_run(out, config, is_main, accelerator.wait_for_everyone)
+    run_settings = begin_run(out, config, is_main, accelerator.wait_for_everyone)
     with accelerator.main_process_first():
         task.prepare(is_main)
     lengths = np.asarray(task.lengths())
@@ -195,7 +195,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
                 if config.save_steps and state.step % config.save_steps == 0:
                     state.elapsed = time.perf_counter() - started
                     state.window_loss, state.window_n = window_loss, window_n
-                    save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints)
+                    save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints,
+                                    run_settings)
                     if budget:
                         budget.last_save_seconds = time.perf_counter() - started - state.elapsed
             if position >= usable:
@@ -211,7 +212,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     state.elapsed = time.perf_counter() - started
     if not (config.save_steps and state.step % config.save_steps == 0):
         state.window_loss, state.window_n = window_loss, window_n
-        save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints)
+        save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints, run_settings)
     summary: dict = {}
     if is_main:
         reused = last_eval[1] if last_eval and last_eval[0] == state.step else None
