@@ -71,7 +71,7 @@ def spanqa_run(corpus: Path, steps: int, precision: str, tmp: Path) -> float:
     """Tokens/s of `spanqa pretrain` (packed sequences of 128, batch 32; evaluation excluded)."""
     from spanqa.mlm.task import PretrainConfig, pretrain
 
-    out = tmp / f"spanqa-{precision}"
+    out = Path(tempfile.mkdtemp(dir=tmp, prefix=f"spanqa-{precision}-"))  # a fresh run each time
     pretrain(PretrainConfig(corpus=[str(corpus)], output_dir=str(out), max_steps=steps, epochs=0, batch_size=BATCH,
                             max_seq_length=LENGTH, precision=precision, save_steps=0, log_steps=steps,
                             max_valid_sequences=32, eval_batch_size=32))

@@ -51,3 +51,17 @@ def test_a_time_budget_ends_on_time_with_outputs_written(tmp_path, tiny_model):
     assert all(0 < h["train_seconds"] <= h["elapsed"] for h in evals)
     for name in ("model.safetensors", "metrics.json", "learning_curve.png", "time_to_accuracy.png"):
         assert (tmp_path / "out" / name).exists(), name
+
+
+def test_resuming_a_finished_run_evaluates_and_writes_it_again(tmp_path, tiny_model):
+    """What `spanqa quickstart` (./run.sh) does when run a second time."""
+    cfg = TrainConfig(model=str(tiny_model), train_file=str(write_people(tmp_path / "t.json", 8)),
+                      dev_file=str(write_people(tmp_path / "d.json", 4, offset=100)), output_dir=str(tmp_path / "out"),
+                      max_seq_length=64, doc_stride=16, max_query_length=16, batch_size=4, max_steps=4, epochs=0,
+                      save_steps=2, precision="fp32")
+    first = train(cfg)
+    with pytest.raises(ConfigError, match="earlier run"):
+        train(cfg)  # a new run may not silently replace it
+    cfg.resume = True
+    again = train(cfg)
+    assert again["steps"] == first["steps"] == 4 and again["f1"] == pytest.approx(first["f1"])

@@ -162,8 +162,10 @@ def quickstart(output_dir: str = typer.Option("runs/quick", help="Where the read
     from spanqa.qa.config import build_config
     from spanqa.qa.train import train
 
+    # run again, the quickstart continues its own run (finished: evaluated and written again) rather than refusing
+    resume = not force and (Path(output_dir) / "checkpoints" / "latest.json").exists()
     try:
-        metrics = train(build_config(chosen, None, output_dir=output_dir, force=force or None))
+        metrics = train(build_config(chosen, None, output_dir=output_dir, force=force or None, resume=resume or None))
     except ValueError as e:
         fail(str(e))
     context = ("The Eiffel Tower was completed in 1889 as the entrance arch to the World's Fair. "
