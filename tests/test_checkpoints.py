@@ -56,6 +56,16 @@ def assert_same_weights(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
 
 
+def assert_same_history(a: TrainConfig, b: TrainConfig) -> None:
+    """history.json of both runs: the same entries and values, timings aside."""
+    ha, hb = (json.loads((Path(c.output_dir) / "history.json").read_text()) for c in (a, b))
+    assert len(ha) == len(hb)
+    for x, y in zip(ha, hb):
+        assert x.keys() == y.keys()
+        for k in x.keys() - TIMING:
+            assert x[k] == pytest.approx(y[k], abs=1e-7), (k, x, y)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model):
     cfg = config(tmp_path_factory.mktemp("full"), tiny_model)
@@ -71,13 +81,7 @@ def test_history_after_a_resume_equals_an_uninterrupted_runs(tmp_path, tiny_mode
     train(full)
     interrupted_at(cfg, 6)
     train(config(tmp_path, tiny_model, save_steps=4, resume=True))
-    a = json.loads((Path(full.output_dir) / "history.json").read_text())
-    b = json.loads((Path(cfg.output_dir) / "history.json").read_text())
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x.keys() - TIMING:
-            assert x[k] == pytest.approx(y[k], abs=1e-7), (k, x, y)
+    assert_same_history(full, cfg)
     assert_same_weights(weights(full), weights(cfg))
 
 
@@ -175,3 +179,38 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+KILLER = """
+import json, sys
+from spanqa.qa.config import TrainConfig
+from spanqa.qa.train import train
+train(TrainConfig(**json.loads(sys.argv[1])), on_step=lambda step: print(step, flush=True))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_point_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model, uninterrupted, seed):
+    """kill -9 after a random step, a random fraction of a second in (inside a save, a log, a step), then
+    --resume: the same weights and history as a run never stopped, and no temporary folder left."""
+    import random
+    import signal
+    import time
+    from dataclasses import asdict
+
+    rng = random.Random(seed)
+    cfg = config(tmp_path, tiny_model)
+    child = subprocess.Popen([sys.executable, "-c", KILLER, json.dumps(asdict(cfg))], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    target = rng.randint(1, 7)
+    for line in child.stdout:
+        if int(line) >= target:
+            time.sleep(rng.uniform(0, 0.3))
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    train(config(tmp_path, tiny_model, resume=True))
+    assert_same_weights(weights(uninterrupted), weights(cfg))
+    assert_same_history(uninterrupted, cfg)
+    assert not [p for p in Path(cfg.output_dir).rglob("*") if ".tmp" in p.name]
