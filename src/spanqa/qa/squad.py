@@ -250,7 +250,7 @@ def _nested_examples(path: Path, check: _Checker) -> Iterator[Example]:
                 raise DataError(f"{source}: not SQuAD JSON: expected an object with a 'data' list "
                                 "(for flat records use .jsonl)")
         if not check.version_2:  # "version" comes after "data" in the official files: a second, cheap pass
-            with open_binary(path, scan_json=True) as f:
+            with open_binary(path) as f:  # (scanned already by the first)
                 check.version_2 = any(str(v).lstrip("v").startswith("2") for v in ijson.items(f, "version"))
     except ijson.JSONError as e:
         read_json_file(path)  # DataError with the line and column, or the path of a number JSON forbids
