@@ -412,3 +412,16 @@ def test_nesting_is_refused_in_bounded_memory_and_time(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) < 300  # MB: imports (numpy, ijson; ~40 MB) and nothing that grows with depth
+
+
+def test_a_mistyped_data_name_fails_at_once_when_offline(runner, monkeypatch):
+    """Not a file, so a hub dataset name: with the hub out of reach only the cache is asked (no retries)."""
+    import time
+
+    import spanqa.models
+
+    monkeypatch.setattr(spanqa.models, "hub_reachable", lambda: False)
+    t0 = time.perf_counter()
+    result = runner.invoke(app, ["data", "check", "squad_typo"])
+    assert result.exit_code == 1 and "hub cannot be reached and it is not cached" in result.output, result.output
+    assert time.perf_counter() - t0 < 15  # importing datasets included

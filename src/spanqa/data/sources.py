@@ -121,13 +121,24 @@ def read_jsonl(path: Path) -> Iterator[tuple[Location, Any]]:
 
 
 def hub_records(name: str, split: str) -> Iterator[tuple[Location, Any]]:
+    from spanqa.models import hub_reachable
+
+    offline = not hub_reachable()  # then the cache only: datasets would retry for ~25 s before failing
     try:
         import datasets
+        import huggingface_hub.constants
 
-        ds = datasets.load_dataset(name, split=split)
+        saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+        if offline:
+            datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+        try:
+            ds = datasets.load_dataset(name, split=split)
+        finally:
+            datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
     except Exception as e:  # offline, unknown name, ...: say how to use a local file instead
         raise DataError(
-            f"could not load hub dataset {name!r} (split {split!r}): {type(e).__name__}: {e}\n"
+            f"could not load hub dataset {name!r} (split {split!r}"
+            f"{'; the hub cannot be reached and it is not cached' if offline else ''}): {type(e).__name__}: {e}\n"
             "Offline? Pass a local file instead, e.g. --train-file data/train-v1.1.json "
             "(SQuAD nested .json/.json.gz or flat .jsonl)") from None
     for i, record in enumerate(ds):
