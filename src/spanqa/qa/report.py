@@ -271,7 +271,8 @@ def render_report(examples: Sequence["Example"], predictions: Sequence[Predictio
     if calibration is not None:
         views.append(("after calibration", calibration.confidence(predictions)))
         note += (f" After: the stored calibration ({html.escape(calibration.method)}; fitted on "
-                 f"{calibration.fitted.get('examples', '?')} questions, which may include these).")
+                 f"{calibration.fitted.get('examples', '?')} questions: measured on other questions only if "
+                 "these were not among them).")
     else:
         crossed = cross_fitted_confidence(examples, predictions, version_2)
         if crossed is not None:
