@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import CONTEXT, TINY_QAS, qa, squad_json, write_people
+from conftest import CONTEXT, TINY_QAS, squad_json, write_people
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
