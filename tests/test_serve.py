@@ -192,3 +192,17 @@ def test_web_page_shows_the_source_passage_of_collection_answers(live_server):
         assert expected["passage"][:30] in first.find_element(By.CSS_SELECTOR, ".passage").text
     finally:
         browser.quit()
+
+
+def test_blank_questions_are_refused_before_batching(reader):
+    """One whitespace-only question must not fail the other requests of its micro-batch: 422 up front."""
+    from fastapi.testclient import TestClient
+
+    from spanqa.server import create_app
+
+    with TestClient(create_app(reader)) as client:
+        for body in ({"question": "   ", "context": "Paris is in France."},
+                     {"question": "Where is Paris?", "context": "\n\t "},
+                     [{"question": "Where is Paris?", "context": "Paris is in France."}, {"question": " ", "context": "x"}]):
+            assert client.post("/v1/answer", json=body).status_code == 422
+        assert client.post("/v1/answer", json={"question": "Where is Paris?", "context": "Paris is in France."}).status_code == 200

@@ -35,14 +35,17 @@ class ServerLimits:
     timeout_s: float = 30.0
 
 
+NOT_BLANK = r"\S"  # at least one character that is not white space: a blank question is a 422, not a batch error
+
+
 class AnswerRequest(BaseModel):
-    question: str = Field(min_length=1, description="The question")
-    context: str = Field(min_length=1, description="The passage to find the answer in")
+    question: str = Field(min_length=1, pattern=NOT_BLANK, description="The question")
+    context: str = Field(min_length=1, pattern=NOT_BLANK, description="The passage to find the answer in")
     top_k: int = Field(1, ge=1, description="How many answers")
 
 
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1)
+    question: str = Field(min_length=1, pattern=NOT_BLANK)
     top_k: int = Field(1, ge=1, description="How many answers")
     passages: int = Field(5, ge=1, le=50, description="How many passages to retrieve and read")
     mode: str = Field("hybrid", pattern="^(bm25|dense|hybrid)$")

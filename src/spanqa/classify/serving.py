@@ -21,7 +21,7 @@ NOT_A_CLASSIFIER = ("this server runs a question-answering reader: POST /v1/answ
 
 
 class ClassifyRequest(BaseModel):
-    text: str = Field(min_length=1, description="The text to classify (the first sentence of a pair)")
+    text: str = Field(min_length=1, pattern=r"\S", description="The text to classify (the first sentence of a pair)")
     pair: str | None = Field(None, min_length=1, description="The second sentence, for a pair classifier "
                                                                "(/health: pairs); omit it otherwise")
 
