@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import app, fail
+from spanqa.cli.common import app, fail, run_training
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train WordPiece tokenizers.")
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -63,26 +63,9 @@ def pretrain_cmd(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
     """Masked-LM pretraining: continue an encoder on domain text, or train a new BERT from scratch."""
-    import warnings
-
-    from spanqa.data.documents import CollectionError
     from spanqa.mlm.task import build_pretrain_config, pretrain
-    from spanqa.models import ModelError
-    from spanqa.training.config import ConfigError
 
-    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config", "warnings") and not callable(v)}
-    flags.update(resume=resume or None, force=force or None, from_scratch=from_scratch or None, pre_ln=pre_ln or None,
-                 whole_word_mask=whole_word_mask or None, trust_remote_code=trust_remote_code or None)
-    try:
-        cfg = build_pretrain_config(recipe, config, **flags)
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda message, *_: typer.secho(f"warning: {message}", fg="yellow", err=True)
-            metrics = pretrain(cfg)
-    except (ConfigError, CollectionError, ModelError) as e:
-        fail(str(e))
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", 130)
+    cfg, metrics = run_training(build_pretrain_config, pretrain, recipe, config, dict(locals()))
     if metrics:
         print(f"valid_loss={metrics['valid_loss']:.3f}  masked_accuracy={metrics['masked_accuracy']:.3f}  "
               f"perplexity={metrics['perplexity']:.1f}\n"

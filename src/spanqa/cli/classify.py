@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import PRECISION_HELP, app, fail
+from spanqa.cli.common import PRECISION_HELP, app, fail, run_training
 
 classify_app = typer.Typer(no_args_is_help=True, help="Sentence and sentence-pair classification and regression "
                                                       "(GLUE TSV, CSV, JSONL) on the training engine.")
@@ -53,19 +53,8 @@ def train_cmd(
 ) -> None:
     """Fine-tune an encoder into a sentence (pair) classifier and score it on dev."""
     from spanqa.classify.task import build_config, train
-    from spanqa.data.sources import DataError
-    from spanqa.models import ModelError
-    from spanqa.training.config import ConfigError
 
-    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
-    flags.update(resume=resume or None, force=force or None, regression=regression or None, trust_remote_code=trust_remote_code or None)
-    try:
-        cfg = build_config(recipe, config, **flags)
-        metrics = train(cfg)
-    except (ConfigError, DataError, ModelError) as e:
-        fail(str(e))
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", 130)
+    cfg, metrics = run_training(build_config, train, recipe, config, dict(locals()))
     if metrics:
         keys = [k for k in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "valid_loss")
                 if k in metrics]

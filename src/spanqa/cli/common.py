@@ -29,6 +29,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 warnings.showwarning = _show_warning
 
+SWITCHES = ("resume", "force", "trust_remote_code", "from_scratch", "pre_ln", "whole_word_mask", "version_2", "regression")
+
+
+def run_training(build_config, train, recipe: str | None, config: str | None, flags: dict) -> tuple:
+    """Build a run's settings from recipe < YAML < flags and train it, turning every error a user can fix
+    into a message; returns (settings, metrics). On/off flags count as given only when on."""
+    from spanqa.data.documents import CollectionError
+    from spanqa.data.sources import DataError
+    from spanqa.models import ModelError
+    from spanqa.qa.windows import WindowError
+    from spanqa.training.config import ConfigError
+
+    flags = {k: (v or None) if k in SWITCHES else v for k, v in flags.items()
+             if k not in ("recipe", "config") and not callable(v)}
+    try:
+        settings = build_config(recipe, config, **flags)
+        return settings, train(settings)
+    except (ConfigError, DataError, ModelError, CollectionError, WindowError) as e:
+        fail(str(e))
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", 130)
+
 
 def load_index(folder: Path):
     from spanqa.data.documents import CollectionError

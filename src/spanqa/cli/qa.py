@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import PRECISION_HELP, app, console, fail
+from spanqa.cli.common import PRECISION_HELP, app, console, fail, run_training
 
 
 @app.command("train")
@@ -47,27 +47,12 @@ def train_cmd(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
 ) -> None:
     """Fine-tune an encoder into an extractive QA reader and score it on dev (or distil one from --teacher)."""
-    from spanqa.data.sources import DataError
-    from spanqa.models import ModelError
+    from spanqa.distill.task import distill
     from spanqa.qa.config import build_config
     from spanqa.qa.train import train
-    from spanqa.qa.windows import WindowError
-    from spanqa.training.config import ConfigError
 
-    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config") and not callable(v)}
-    flags.update(resume=resume or None, force=force or None, version_2=version_2 or None, trust_remote_code=trust_remote_code or None)
-    try:
-        cfg = build_config(recipe, config, **flags)
-        if cfg.teacher:
-            from spanqa.distill.task import distill
-
-            metrics = distill(cfg)
-        else:
-            metrics = train(cfg)
-    except (ConfigError, DataError, ModelError, WindowError) as e:
-        fail(str(e))
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", 130)
+    cfg, metrics = run_training(build_config, lambda c: distill(c) if c.teacher else train(c), recipe, config,
+                                dict(locals()))
     if metrics:
         _print_summary(cfg.output_dir, metrics)
 
