@@ -49,8 +49,9 @@ class DistillTask(QATask):
     def prepare(self, show: bool) -> None:
         super().prepare(show)
         config = self.config
-        examples = self.train_set.examples if isinstance(self.train_set, Dataset) else \
-            _first_examples(config)
+        def examples() -> list:  # read again only if the teacher needs its own windows
+            return self.train_set.examples if isinstance(self.train_set, Dataset) else _first_examples(config)
+
         self.teacher = teacher_logits(config.teacher, examples, self.train_w, self.tokenizer, config.windows,
                                       config.eval_batch_size, autocast_dtype_for(config.precision), show,
                                       config.trust_remote_code)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,10 +39,13 @@ class TeacherLogits:
         return len(self.start)
 
 
-def teacher_logits(teacher: str, examples: Sequence[Example], windows: Windows, student_tokenizer,
+def teacher_logits(teacher: str, examples: Callable[[], Sequence[Example]], windows: Windows, student_tokenizer,
                    settings: WindowSettings, batch_size: int = 64, autocast_dtype=None, show: bool = True,
                    trust_remote_code: bool = False, cache_dir=None) -> TeacherLogits:
-    """The teacher's logits for the student's training windows (cached under teacher + windows)."""
+    """The teacher's logits for the student's training windows (cached under teacher + windows).
+
+    `examples()` gives the examples behind the windows; it is called only when the teacher tokenizes
+    differently and must read its own windows of them."""
     teacher_tokenizer = load_tokenizer(teacher, trust_remote_code)
     alike = fingerprint_tokenizer(teacher_tokenizer) == fingerprint_tokenizer(student_tokenizer)
     final = cache_folder("teacher", [TEACHER_FORMAT, _model_fingerprint(teacher), _windows_fingerprint(windows),
@@ -52,7 +55,7 @@ def teacher_logits(teacher: str, examples: Sequence[Example], windows: Windows, 
         if alike:  # the student's own windows: the logits as they are
             read, label = windows, "teacher logits"
         else:
-            read, label = build_windows(examples, teacher_tokenizer, settings), "teacher logits (own windows)"
+            read, label = build_windows(examples(), teacher_tokenizer, settings), "teacher logits (own windows)"
         bar = progress_bar(f"{label} ({len(read):,} windows)", len(read), enabled=show, unit="win")
         try:
             start, end = compute_logits(model, read, batch_size, autocast_dtype=autocast_dtype, on_batch=bar.advance)
