@@ -12,7 +12,6 @@ from spanqa.classify.task import train
 from spanqa.cli import app
 from spanqa.export import export_onnx
 from spanqa.onnx_models import OnnxClassifierModel
-from spanqa.models import ModelError
 
 LONG = " ".join(f"the film number {i} was quite a story" for i in range(12))
 
@@ -46,9 +45,3 @@ def test_pair_classifiers_and_regressors_export(tiny_model, tmp_path, kind):
     onnx_clf = Classifier.load(str(export_onnx(folder, tmp_path / "onnx")))
     for a, b in zip(torch_clf.predict(inputs), onnx_clf.predict(inputs)):
         assert a.label == b.label and a.score == pytest.approx(b.score, abs=1e-4)
-
-
-def test_static_int8_is_for_readers_only(tiny_model, tmp_path):
-    folder = classifier_folder(tiny_model, tmp_path / "single")
-    with pytest.raises(ModelError, match="readers only"):
-        export_onnx(folder, tmp_path / "static", int8=True, calibration=["a text"])

@@ -38,6 +38,7 @@ class _OnnxModel:
             raise ModelError(f"cannot load {Path(folder) / ONNX_FILE}: {e}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.config = AutoConfig.from_pretrained(folder)
+        self.precision = onnx_precision(Path(folder) / ONNX_FILE)
 
     def run(self, outputs: Sequence[str], inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
         feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
@@ -70,6 +71,23 @@ class OnnxClassifierModel(_OnnxModel):
 
         [logits] = self.run(CLASSIFIER_OUTPUTS, inputs)
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
+
+
+INT8_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat"}
+
+
+def onnx_precision(path: Path) -> str:
+    """'int8' when the graph computes with integer kernels (`spanqa export`'s default), else 'fp32'."""
+    import onnx
+
+    return "int8" if any(n.op_type in INT8_OPS for n in onnx.load(str(path)).graph.node) else "fp32"
+
+
+def describe_runtime(model, device: torch.device, autocast_dtype: torch.dtype | None) -> str:
+    """Which reading path runs, in words, for start-up lines: 'ONNX Runtime int8 (cpu)', 'torch bf16 (cpu)'."""
+    if isinstance(model, _OnnxModel):
+        return f"ONNX Runtime {model.precision} (cpu)"
+    return f"torch {'bf16' if autocast_dtype == torch.bfloat16 else 'fp16' if autocast_dtype else 'fp32'} ({device.type})"
 
 
 def is_onnx_folder(path: str | Path) -> bool:
