@@ -4,7 +4,7 @@ vs the transformers 4.x `pipeline("question-answering")` (removed in v5), same w
 The peer runs in its own venv (`transformers<5`, created here on first use; torch is shared through
 a .pth file) and answers one question at a time, as its users do. It stays loaded in a subprocess
 for the whole run, so the contenders can take turns: a warm-up each, then `--rounds` rounds of
-pipeline, torch fp32, bf16, ONNX fp32, int8 (smoothed, unsmoothed, smoothed on dev), ... (A B C A B C), each
+pipeline, torch fp32, bf16, ONNX fp32, int8 (feed-forward outputs fp32, or int8 too), ... (A B C A B C), each
 answering the same `--questions` questions. Reported: the median and min-max questions/s of each, the ratio of medians
 to the pipeline (with the range the rounds allow), the spread of the rounds and the load average,
 and EM/F1 (answers are the same in every round; the script checks it). Everyone uses windows of
@@ -38,8 +38,7 @@ from common import (
 PEER_VENV = Path(tempfile.gettempdir()) / "spanqa-bench-transformers4"
 WINDOWS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 WARMUP_QUESTIONS = 32
-PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_unsmoothed", "onnx_int8_dev_smoothed")
-CALIBRATION_QUESTIONS = 100  # the last dev-v1.1 questions: onnx_int8_dev_smoothed's smoothing scales, never scored
+PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere")
 
 PEER_SCRIPT = r"""
 import json, sys, time
@@ -104,17 +103,15 @@ class Peer:
         self.process.wait(60)
 
 
-def load_readers(model: str, paths: list[str], tmp: Path, calibration) -> dict:
+def load_readers(model: str, paths: list[str], tmp: Path) -> dict:
     """Every spanqa path asked for, loaded before the first round (exports written under `tmp`)."""
     from spanqa.export import export_onnx
     from spanqa.qa.reader import Reader
     from spanqa.qa.windows import WindowSettings
 
     folders = {"torch_fp32": (model, "fp32"), "torch_bf16": (model, "bf16")}
-    # onnx_int8 is `spanqa export`'s default (smoothing measured on its packaged passages); the others show
-    # what the smoothing buys, and whether measuring it on SQuAD itself would do better
-    exports = {"onnx_fp32": {}, "onnx_int8": {"int8": True}, "onnx_int8_unsmoothed": {"int8": True, "smooth": False},
-               "onnx_int8_dev_smoothed": {"int8": True, "calibration": [(e.question, e.context) for e in calibration]}}
+    # onnx_int8 is `spanqa export`'s default
+    exports = {"onnx_fp32": {}, "onnx_int8": {"int8": True}, "onnx_int8_everywhere": {"int8": True, "int8_everywhere": True}}
     readers = {}
     for name in paths:
         if name in exports:
@@ -153,14 +150,14 @@ def main() -> None:
 
     model = resolve_model(args.model)  # a folder both sides can read ("default": the packaged MiniLM)
     dev = load_dataset(SQUAD / "dev-v1.1.json.gz").examples
-    examples, calibration = dev[:min(args.questions, len(dev) - CALIBRATION_QUESTIONS)], dev[-CALIBRATION_QUESTIONS:]
+    examples = dev[:args.questions]
     data = as_squad_data(examples)
     predictions: dict[str, dict] = {}
     stable: dict[str, bool] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        readers = load_readers(model, paths, tmp, calibration)
+        readers = load_readers(model, paths, tmp)
         peer = Peer(model, examples, tmp)
 
         def one_run(name: str, n: int) -> tuple[float, dict]:

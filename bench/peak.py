@@ -28,7 +28,7 @@ from common import RESULTS, ROOT, SQUAD, load_average, save_result
 
 # which peak bounds each reading path of bench/infer_cpu.py
 PATH_PRECISION = {"pipeline": "fp32", "torch_fp32": "fp32", "onnx_fp32": "fp32", "torch_bf16": "bf16",
-                  "onnx_int8": "int8"}
+                  "onnx_int8": "int8", "onnx_int8_everywhere": "int8"}
 
 
 def best_rate(run, ops: float, repeats: int) -> float:
