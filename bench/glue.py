@@ -4,7 +4,7 @@
 
 MRPC, RTE and STS-B (small, noisy) are run with `--seeds` seeds and reported as the median; SST-2 and
 CoLA once. Every run is a `spanqa classify train` command, printed before it runs; a run whose output
-exists is skipped (re-run the script after an interruption). Results, with the published dev numbers
+exists is skipped and an interrupted one resumed (re-run the script after an interruption). Results, with the published dev numbers
 beside them and the training minutes of each run: bench/results/glue.json.
 """
 
@@ -33,6 +33,8 @@ def run(task: str, seed: int, work: Path) -> dict:
     out = work / f"{task}-seed{seed}"
     args = ["classify", "train", "--recipe", f"glue-{task}", "--seed", str(seed), "--output-dir", str(out)]
     if not (out / "metrics.json").exists():
+        if any((out / "checkpoints").glob("checkpoint-*")):
+            args.append("--resume")  # an interrupted run continues from its last checkpoint
         print(f"$ spanqa {shlex.join(args)}", flush=True)
         subprocess.run(SPANQA + args, check=True)
     else:
