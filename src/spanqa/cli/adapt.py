@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import app, fail, run_training
+from spanqa.cli.common import (
+    Force,
+    KeepCheckpoints,
+    Resume,
+    TimeBudget,
+    TrainPrecision,
+    TrustRemoteCode,
+    app,
+    fail,
+    run_training,
+)
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train WordPiece tokenizers.")
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -49,18 +59,14 @@ def pretrain_cmd(
     whole_word_mask: bool = typer.Option(False, "--whole-word-mask", help="Mask whole words, not single pieces"),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out (default 0.05)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
-    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
+    time_budget: TimeBudget = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, seed: Optional[int] = None,
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    precision: TrainPrecision = None,
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
-    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
-                               "deleted), or --resume with settings that differ from the run's"),
-    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
-                                                   "a damaged one falls back to the one before"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
+    resume: Resume = False, force: Force = False, keep_checkpoints: KeepCheckpoints = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Masked-LM pretraining: continue an encoder on domain text, or train a new BERT from scratch."""
     from spanqa.mlm.task import build_pretrain_config, pretrain

@@ -8,7 +8,18 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import PRECISION_HELP, app, fail, run_training
+from spanqa.cli.common import (
+    PRECISION_HELP,
+    Force,
+    KeepCheckpoints,
+    Resume,
+    TimeBudget,
+    TrainPrecision,
+    TrustRemoteCode,
+    app,
+    fail,
+    run_training,
+)
 
 classify_app = typer.Typer(no_args_is_help=True, help="Sentence and sentence-pair classification and regression "
                                                       "(GLUE TSV, CSV, JSONL) on the training engine.")
@@ -33,23 +44,18 @@ def train_cmd(
     regression: bool = typer.Option(False, "--regression", help="Without --task: numeric labels (MSE, one output)"),
     output_dir: Optional[str] = typer.Option(None, help="Where the classifier is written (default runs/classifier)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
-    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
+    time_budget: TimeBudget = None,
     max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
     max_seq_length: Optional[int] = typer.Option(None, help="Tokens per example (pairs truncated longest first; default 128)"),
     seed: Optional[int] = None,
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have "
-                                            "it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)"),
+    precision: TrainPrecision = None,
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, eval_batch_size: Optional[int] = None,
     log_steps: Optional[int] = None,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
-    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
-                               "deleted), or --resume with settings that differ from the run's"),
-    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
-                                                   "a damaged one falls back to the one before"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
+    resume: Resume = False, force: Force = False, keep_checkpoints: KeepCheckpoints = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fine-tune an encoder into a sentence (pair) classifier and score it on dev."""
     from spanqa.classify.task import build_config, train

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +13,18 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Fine-tune, evaluate and serve extractive question-answering readers, and adapt their encoders.")
 console = Console(stderr=True, soft_wrap=True)
 PRECISION_HELP = "fp32, or bf16 autocast for torch models (~1.5x faster on CPUs with AVX512-BF16/AMX)"
+
+# The training engine's flags, one definition for `train`, `classify train` and `pretrain`
+TimeBudget = Annotated[Optional[str], typer.Option(
+    help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it")]
+TrainPrecision = Annotated[Optional[str], typer.Option(
+    help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir")]
+Force = Annotated[bool, typer.Option("--force", help="Start over in a folder that holds a run's checkpoints (they are "
+                                     "deleted), or --resume with settings that differ from the run's")]
+KeepCheckpoints = Annotated[Optional[int], typer.Option(help="How many of the newest checkpoints to keep (default 2): "
+                                                             "a damaged one falls back to the one before")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub")]
 
 
 def fail(message: str, code: int = 2) -> None:

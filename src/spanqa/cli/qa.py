@@ -8,7 +8,19 @@ from typing import Optional
 
 import typer
 
-from spanqa.cli.common import PRECISION_HELP, app, console, fail, run_training
+from spanqa.cli.common import (
+    PRECISION_HELP,
+    Force,
+    KeepCheckpoints,
+    Resume,
+    TimeBudget,
+    TrainPrecision,
+    TrustRemoteCode,
+    app,
+    console,
+    fail,
+    run_training,
+)
 
 
 @app.command("train")
@@ -21,21 +33,16 @@ def train_cmd(
     valid_split: Optional[float] = typer.Option(None, help="Hold out this share of train as dev instead"),
     output_dir: Optional[str] = typer.Option(None, help="Where the reader is written (default runs/reader)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
-    time_budget: Optional[str] = typer.Option(None, help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it"),
+    time_budget: TimeBudget = None,
     max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
     max_seq_length: Optional[int] = None, doc_stride: Optional[int] = None, max_query_length: Optional[int] = None,
     seed: Optional[int] = None,
-    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have "
-                                            "it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)"),
+    precision: TrainPrecision = None,
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir"),
-    force: bool = typer.Option(False, "--force", help="Start over in a folder that holds a run's checkpoints (they are "
-                               "deleted), or --resume with settings that differ from the run's"),
-    keep_checkpoints: Optional[int] = typer.Option(None, help="How many of the newest checkpoints to keep (default 2): "
-                                                   "a damaged one falls back to the one before"),
+    resume: Resume = False, force: Force = False, keep_checkpoints: KeepCheckpoints = None,
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
     negatives: Optional[int] = typer.Option(None, help="Add N retrieved wrong passages per question as unanswerable "
                                                        "examples: a reader for document collections (implies --version-2)"),
@@ -44,7 +51,7 @@ def train_cmd(
     teacher: Optional[str] = typer.Option(None, help="Distil from this trained reader (its start/end distributions)"),
     distill_alpha: Optional[float] = typer.Option(None, help="Weight of the teacher's loss (default 0.5)"),
     temperature: Optional[float] = typer.Option(None, help="Distillation temperature (default 2)"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub"),
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fine-tune an encoder into an extractive QA reader and score it on dev (or distil one from --teacher)."""
     from spanqa.distill.task import distill
