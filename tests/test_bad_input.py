@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -300,6 +302,162 @@ def test_blank_questions_are_refused(tiny_model):
                     ReaderSettings(WindowSettings(64, 16, 16)))
     with pytest.raises(ValueError, match="question 1 of 2 is empty"):
         reader.answer_many([("When?", CONTEXT), (" \n\t", CONTEXT)])
+
+
+# --- document folders and indexes ------------------------------------------------------------------------
+
+GOOD_DOC = "Emperor penguins breed in the Antarctic winter."
+
+
+def _docs(tmp: Path, files: dict[str, bytes] | None = None) -> Path:
+    """tmp/docs: good.txt and `files` (name -> bytes)."""
+    folder = tmp / "docs"
+    folder.mkdir(exist_ok=True)
+    (folder / "good.txt").write_text(GOOD_DOC)
+    for name, content in (files or {}).items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def _built(tmp: Path, model: Path, damage=None) -> Path:
+    """tmp/idx: an index of tmp/docs, then `damage(folder of its current version)`."""
+    out = tmp / "idx"
+    result = CliRunner().invoke(app, ["index", str(_docs(tmp)), "--out", str(out), "--embedding-model", str(model)])
+    assert result.exit_code == 0, result.output
+    if damage:
+        damage(out / (out / "CURRENT").read_text().strip())
+    return out
+
+
+def _index_args(tmp: Path, model: Path, *paths, add: bool = False) -> list[str]:
+    return ["index", *map(str, paths), "--out", str(tmp / "idx"), "--embedding-model", str(model),
+            *(["--add"] if add else [])]
+
+
+def _link(tmp: Path, name: str, target: str) -> Path:
+    (_docs(tmp) / name).symlink_to(target)
+    return tmp / "docs"
+
+
+def _outside_folder(tmp: Path) -> Path:
+    secret = tmp / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("the secret key is swordfish")
+    return _link(tmp, "private", str(secret))
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(_docs(tmp) / "pipe.txt")  # reading it would block forever
+    return tmp / "docs"
+
+
+def _other_files(tmp: Path) -> Path:
+    (tmp / "idx").mkdir()
+    (tmp / "idx" / "thesis.md").write_text("years of work")
+    return _docs(tmp)
+
+
+def _indexed_texts(tmp: Path) -> list[str]:
+    from spanqa.retrieval.index import Index
+
+    return [p.text for p in Index.load(tmp / "idx").passages]
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+PDF_BROKEN = b"%PDF-1.4 this is not really a pdf"
+INDEX_CASES = [  # (case, prepare(tmp, model) -> arguments, exit code, what the output must say, texts indexed or None)
+    ("unreadable files: all named, the rest indexed",
+     lambda t, m: _index_args(t, m, _docs(t, {"latin1.txt": "caf\xe9".encode("latin-1"), "broken.pdf": PDF_BROKEN,
+                                              "bad.jsonl": b'{"text": oops}\n', "nul.md": b"\xff\xfe\0"})), 1,
+     r"(?s)4 file\(s\) could not be read.*bad.jsonl, line 1.*invalid JSON.*broken.pdf: cannot read this PDF"
+     r".*latin1.txt: not UTF-8.*nul.md: not UTF-8.*--add", [GOOD_DOC]),
+    ("only unreadable files", lambda t, m: _index_args(t, m, _docs(t, {"latin1.txt": b"caf\xe9"}) / "latin1.txt"), 2,
+     r"no text to index.*latin1.txt: not UTF-8", None),
+    ("a link to a system file", lambda t, m: _index_args(t, m, _link(t, "passwd.txt", "/etc/passwd")), 0,
+     r"passwd.txt: a link to /etc/passwd, outside .*docs; not followed", [GOOD_DOC]),
+    ("a link to a folder outside", lambda t, m: _index_args(t, m, _outside_folder(t)), 0,
+     r"private: a link to a folder outside .*docs; not followed", [GOOD_DOC]),
+    ("a broken link", lambda t, m: _index_args(t, m, _link(t, "gone.txt", "/no/such/file.txt")), 0,
+     r"gone.txt: a link to /no/such/file.txt, outside", [GOOD_DOC]),
+    ("a pipe named .txt", lambda t, m: _index_args(t, m, _fifo(t)), 0, r"pipe.txt: not a regular file", [GOOD_DOC]),
+    ("missing and unsupported arguments, all named",
+     lambda t, m: _index_args(t, m, _docs(t) / "none.txt", _docs(t, {"x.docx": b"PK"}) / "x.docx"), 2,
+     r"none.txt: no such file or folder; .*x.docx: unsupported file type", None),
+    ("--out holds other files", lambda t, m: _index_args(t, m, _other_files(t)), 2,
+     r"idx: this folder holds other files \(thesis.md\), not an index", None),
+    ("--add to a missing index", lambda t, m: _index_args(t, m, _docs(t), add=True), 2,
+     r"idx: no index there to change.*build it first", None),
+    ("--add to an index whose version is gone",
+     lambda t, m: _index_args(t, _built(t, m, lambda v: __import__("shutil").rmtree(v)), _docs(t), add=True), 2,
+     r"CURRENT names version 'v-.*', which is not there: the index is damaged; rebuild it", None),
+    ("--add to an index with cut embeddings",
+     lambda t, m: _index_args(t, _built(t, m, lambda v: (v / "embeddings.npy").write_bytes(b"\x93NUMPY")), _docs(t),
+                              add=True), 2, r"embeddings.npy: damaged.*rebuild the index", None),
+    ("--add to an index with damaged passages",
+     lambda t, m: _index_args(t, _built(t, m, lambda v: _flip_middle(v / "passages.jsonl")), _docs(t), add=True), 2,
+     r"passages.jsonl: damaged.*rebuild the index", None),
+    ("--add to an index missing a file",
+     lambda t, m: _index_args(t, _built(t, m, lambda v: (v / "index.json").unlink()), _docs(t), add=True), 2,
+     r"index.json: missing, the index is damaged", None),
+    ("an embedding model that is not there", lambda t, m: _index_args(t, t / "no-such-model", _docs(t)), 2,
+     r"no-such-model does not exist \(no such folder\)", None),
+]
+
+
+@pytest.mark.parametrize("case", INDEX_CASES, ids=lambda c: c[0])
+def test_bad_documents_and_indexes(tmp_path, tiny_model, runner, case):
+    """Each case: the exit code, every bad file named with its reason, no traceback, no temporary left; a
+    refused command changes no existing index; an accepted one indexed exactly the readable text."""
+    name, prepare, code, message, texts = case
+    args = prepare(tmp_path, tiny_model)
+    out = tmp_path / "idx"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} if out.exists() else {}
+    result = runner.invoke(app, args)
+    said = result.output
+    assert result.exit_code == code, said
+    assert "Traceback" not in said and (code == 0 or isinstance(result.exception, SystemExit)), repr(result.exception)
+    assert re.search(message, said), said
+    if code == 2:  # refused: what was there is as it was
+        after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} if out.exists() else {}
+        assert after == before
+    if texts is not None:
+        assert sorted(_indexed_texts(tmp_path)) == sorted(texts)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_unreadable_files_for_lack_of_permission_are_named(tmp_path, tiny_model):
+    """chmod 000 on a file and a subfolder: both named, the rest indexed, exit 1. Root reads any file, so as
+    root the command runs without the capabilities that override file permissions."""
+    docs = _docs(tmp_path, {"locked.txt": b"you may not read this"})
+    (docs / "sub").mkdir()
+    (docs / "sub" / "inner.txt").write_text("nor this")
+    os.chmod(docs / "locked.txt", 0)
+    os.chmod(docs / "sub", 0)
+    caps = "-dac_override,-dac_read_search"
+    if os.geteuid() != 0:
+        prefix = []
+    elif shutil.which("setpriv"):
+        prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--"]
+    else:
+        pytest.skip("root without setpriv reads files whatever their permissions")
+    try:
+        run = subprocess.run([*prefix, sys.executable, "-m", "spanqa", "index", str(docs), "--out",
+                              str(tmp_path / "idx"), "--embedding-model", str(tiny_model)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        os.chmod(docs / "sub", 0o755)
+        os.chmod(docs / "locked.txt", 0o644)
+    assert run.returncode == 1, run.stderr
+    assert "2 file(s) could not be read" in run.stderr, run.stderr
+    assert re.search(r"locked.txt: cannot read it \(Permission denied\)", run.stderr), run.stderr
+    assert re.search(r"sub: cannot list this folder \(Permission denied\)", run.stderr), run.stderr
+    assert "Traceback" not in run.stderr and "1 documents" in run.stdout
+    assert sorted(_indexed_texts(tmp_path)) == [GOOD_DOC]
 
 
 # --- random input: only the loaders' own errors ---------------------------------------------------------

@@ -4,6 +4,8 @@ embedding-model mismatch, bad documents, retrieve-then-read in the API, CLI and 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from test_reader import reader_folder
+from typer.testing import CliRunner
 
+from spanqa.cli import app
 from spanqa.data.documents import CollectionError, Document, read_documents
 from spanqa.qa.collection import ask_collection
 from spanqa.qa.reader import Reader
@@ -181,3 +185,191 @@ def test_chat_over_an_index(index, tiny_model, tmp_path):
                          timeout=300)
     assert run.returncode == 0, run.stderr
     assert "score " in run.stdout and "passage " in run.stdout and run.stdout.rstrip().endswith("bye")
+
+
+# --- identity, changes, links, models from other folders, markup, the folder on disk ---------------------
+
+def cli(*args, code: int = 0) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    return result.output
+
+
+def test_one_file_under_other_spellings_is_indexed_once(tmp_path, tiny_model, monkeypatch):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "penguins.txt").write_text(PENGUINS)
+    (docs / "alias.txt").symlink_to("penguins.txt")  # a link inside the folder: the same file
+    (docs / "sub" / "again.txt").symlink_to(docs / "penguins.txt")
+    monkeypatch.chdir(tmp_path)
+    spellings = ["docs/penguins.txt", "./docs/penguins.txt", "docs/sub/../penguins.txt", str(docs / "penguins.txt"),
+                 "docs/alias.txt", "docs/sub/again.txt", "docs"]
+    embedder = Embedder(str(tiny_model))
+    index, notes = Index.build(spellings, embedder=embedder)
+    assert [p.path for p in index.passages] == [str((docs / "penguins.txt").resolve())]
+    assert not notes  # one file: nothing repeated to note
+    for spelling in spellings:  # --add under any other spelling: already there
+        grown, notes = Index.build([spelling], embedder=embedder, base=index)
+        assert grown.passages == index.passages and notes and all("unchanged since; skipped" in n for n in notes)
+    out = tmp_path / "idx"
+    cli("index", "docs/penguins.txt", "--out", out, "--embedding-model", tiny_model)
+    assert "1 documents, 1 passages" in cli("index", "./docs/sub/../alias.txt", "--out", out, "--add")
+
+
+def test_a_changed_file_is_indexed_again_on_add(tmp_path, tiny_model):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    volcano, notes = docs / "volcano.txt", docs / "notes.jsonl"
+    volcano.write_text("Mount Etna is an active volcano on the east coast of Sicily.")
+    notes.write_text(json.dumps({"id": "n1", "text": "Green tea is made from unoxidized leaves."}) + "\n" +
+                     json.dumps({"id": "n2", "text": "Black tea is fully oxidized."}) + "\n")
+    out = tmp_path / "idx"
+    cli("index", docs, "--out", out, "--embedding-model", tiny_model)
+    before = Index.load(out)
+    mtime = volcano.stat().st_mtime_ns + 5 * 10**9
+    os.utime(volcano, ns=(mtime, mtime))  # touched, the same bytes: nothing indexed again
+    assert "0 documents written" in cli("index", docs, "--out", out, "--add")
+    assert Index.load(out).passages == before.passages
+    # the same size and mtime, other text (a write within the mtime tick of the one indexed): the sha256 tells
+    volcano.write_text("Mount Fuji is an active volcano on the east coast of Honshu.")
+    os.utime(volcano, ns=(mtime, mtime))
+    notes.write_text(json.dumps({"id": "n1", "text": "Green tea is made from unoxidized leaves."}) + "\n")
+    assert "2 documents written" in cli("index", docs, "--out", out, "--add")
+    after = Index.load(out)
+    texts = sorted(p.text for p in after.passages)
+    assert texts == ["Green tea is made from unoxidized leaves.", "Mount Fuji is an active volcano on the east coast of Honshu."]
+    assert after.search("Honshu volcano", 1, "bm25")[0].passage.text.startswith("Mount Fuji")
+    green = [[i for i, p in enumerate(x.passages) if p.text.startswith("Green")][0] for x in (before, after)]
+    assert np.array_equal(after.embeddings[green[1]], before.embeddings[green[0]])  # unchanged text: its vector kept
+
+
+def test_links_out_of_the_folder_are_not_followed(tmp_path, tiny_model):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("the launch code is swordfish")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "penguins.txt").write_text(PENGUINS)
+    (docs / "passwd.txt").symlink_to("/etc/passwd")
+    (docs / "key.txt").symlink_to(secret / "key.txt")
+    (docs / "more").symlink_to(secret)
+    index, notes = Index.build([docs], embedder=Embedder(str(tiny_model)))
+    assert [p.doc_id for p in index.passages] == ["penguins"]
+    said = "\n".join(notes)
+    for name in ("passwd.txt: a link to /etc/passwd", f"key.txt: a link to {secret / 'key.txt'}", "more: a link to a folder"):
+        assert name in said, said
+    index, _ = Index.build([docs / "key.txt"], embedder=Embedder(str(tiny_model)))  # named itself: read
+    assert "swordfish" in index.passages[0].text
+
+
+def test_a_relative_embedding_model_path_works_from_another_folder(tmp_path, tiny_model, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model, work / "models" / "emb")
+    (work / "docs").mkdir()
+    (work / "docs" / "penguins.txt").write_text(PENGUINS)
+    (work / "docs" / "volcano.txt").write_text("Mount Etna is an active volcano on the east coast of Sicily.")
+    monkeypatch.chdir(work)
+    cli("index", "docs/penguins.txt", "--out", "idx", "--embedding-model", "models/emb")
+    monkeypatch.chdir(tmp_path)
+    assert Index.load("work/idx").meta["embedding_model"] == str((work / "models" / "emb").resolve())
+    assert json.loads(cli("search", "work/idx", "-q", "penguins", "--mode", "dense", "--json"))[0]["doc_id"] == "penguins"
+    assert "2 documents" in cli("index", "work/docs", "--out", "work/idx", "--add")  # its own model, found
+
+
+def test_markup_in_titles_and_text_is_printed_as_it_is(tmp_path, tiny_model):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# [bold red]x[/]\n\nThe red bolt [i]fell[/i] on the tower in 1889.\n")
+    (docs / "b.md").write_text("# [/]\n\nThe tower is 330 metres tall :smile:.\n")
+    (docs / "[red]blank.txt").write_text("  ")
+    out = tmp_path / "idx"
+    said = CliRunner().invoke(app, ["index", str(docs), "--out", str(out), "--embedding-model", str(tiny_model)])
+    assert said.exit_code == 0 and "[red]blank.txt" in said.output, said.output
+    found = cli("search", out, "-q", "tower", "-k", "2", "--mode", "bm25")
+    for text in ("[bold red]x[/] (", "[/] (", "[i]fell[/i]", ":smile:"):
+        assert text in found, found
+    answers = cli("ask", reader_folder(tiny_model, tmp_path), "--index", out, "-q", "How tall is the tower?", "--top-k", "3")
+    for line in answers.splitlines():  # the tiny reader's answers vary; each names its source as it is
+        assert "(score" not in line or "[/] (" in line, answers
+
+
+def test_leftovers_of_killed_saves_are_ignored_then_cleaned(index, tmp_path):
+    from spanqa.retrieval.layout import CURRENT
+
+    folder = index.save(tmp_path / "idx")
+    dead = dead_pid()
+    (folder / f"v-1-{dead}.tmp{dead}").mkdir()  # a killed writer's staging folder, half written
+    (folder / f"v-1-{dead}.tmp{dead}" / "passages.jsonl").write_text('{"doc_id": "x"')
+    (folder / "v-2-1").mkdir()  # an old version a killed writer had not removed yet
+    (folder / f".{CURRENT}.tmp{dead}.ab.tmp").write_text("v-")  # CURRENT, half replaced
+    assert Index.load(folder).passages == index.passages  # readers see the current version only
+    index.save(folder)
+    names = sorted(os.listdir(folder))
+    assert names == [".lock", CURRENT, (folder / CURRENT).read_text().strip()]
+    assert Index.load(folder).passages == index.passages
+
+
+def test_an_index_in_the_layout_before_versions_is_read_then_moved(index, tmp_path):
+    saved = index.save(tmp_path / "new")
+    old = tmp_path / "old"
+    shutil.copytree(saved / (saved / "CURRENT").read_text().strip(), old)  # index.json etc. in the folder itself
+    assert Index.load(old).passages == index.passages
+    shutil.copytree(old, tmp_path / ".old.old")  # what killed saves of that layout left beside it
+    (tmp_path / ".old.k3j4h5g6" / "index").mkdir(parents=True)
+    os.utime(tmp_path / ".old.k3j4h5g6", (1e9, 1e9))
+    Index.load(old).save(old)
+    assert not (tmp_path / ".old.old").exists() and not (tmp_path / ".old.k3j4h5g6").exists()
+    assert sorted(p.name for p in old.iterdir() if not p.name.startswith("v-")) == [".lock", "CURRENT"]
+    assert Index.load(old).passages == index.passages
+    old.rename(tmp_path / ".old.old")  # what a kill between the two renames of the save before left
+    with pytest.raises(CollectionError, match=r"no index, but .*\.old\.old holds the one a killed save left; move it"):
+        Index.load(old)
+
+
+def test_readers_see_a_whole_index_while_saves_replace_it(index, tmp_path):
+    import threading
+
+    (tmp_path / "one.txt").write_text(PENGUINS)
+    small, _ = Index.build([tmp_path / "one.txt"], embedder=index.embedder())
+    folder = small.save(tmp_path / "idx")
+    done = threading.Event()
+
+    def writer():
+        for i in range(15):
+            (index if i % 2 else small).save(folder)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = set()
+    while not done.is_set():
+        loaded = Index.load(folder)  # never missing, never passages of one version with vectors of another
+        assert loaded.passages in (small.passages, index.passages)
+        seen.add(len(loaded.passages))
+    thread.join()
+    assert seen
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path):
+    import time
+
+    from spanqa.retrieval.layout import LOCK, writing
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(folder / LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+                               "print('held', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    told, t0 = [], time.perf_counter()
+    with writing(folder, on_wait=told.append):
+        waited = time.perf_counter() - t0
+    holder.wait()
+    assert waited > 0.5 and told and f"pid {holder.pid}" in told[0]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

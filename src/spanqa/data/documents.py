@@ -5,6 +5,7 @@ Shared by `spanqa index` (passages to retrieve) and `spanqa pretrain` (a masked-
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +26,36 @@ class Document:
     text: str
 
 
-def read_documents(paths: Iterable[str | Path], field: str = "text") -> tuple[list[Document], list[str]]:
-    """Documents of all files (folders are walked) and notes on what was skipped (empty, duplicate)."""
-    docs, notes, seen = [], [], set()
-    for doc in iter_documents(paths, field):
+def read_documents(paths: Iterable[str | Path], field: str = "text",
+                   unreadable: list[str] | None = None) -> tuple[list[Document], list[str]]:
+    """Documents of all files (folders are walked) and notes on what was skipped (empty, duplicate, links
+    out of a folder). A file that cannot be read is listed in `unreadable` (with the reason) and the rest
+    are read; without that list, every unreadable file is named in one CollectionError."""
+    docs, notes, seen, problems = [], [], set(), [] if unreadable is None else unreadable
+    for path in document_files(paths, notes, problems):
+        try:
+            found = read_file(path, field)
+        except CollectionError as e:
+            problems.append(str(e))
+            continue
+        docs += keep_documents(found, seen, notes)
+    if unreadable is None and problems:
+        raise CollectionError(f"{len(problems)} file(s) cannot be read: " + "; ".join(problems))
+    return docs, notes
+
+
+def keep_documents(docs: Iterable[Document], seen: set[str], notes: list[str]) -> list[Document]:
+    """The documents with text not seen before (their texts added to `seen`); notes on the others."""
+    kept = []
+    for doc in docs:
         if not doc.text.strip():
             notes.append(f"{doc.path}: document {doc.doc_id!r} is empty; nothing to index")
         elif doc.text in seen:
             notes.append(f"{doc.path}: document {doc.doc_id!r} repeats an earlier text; indexed once")
         else:
             seen.add(doc.text)
-            docs.append(doc)
-    return docs, notes
+            kept.append(doc)
+    return kept
 
 
 def iter_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[Document]:
@@ -46,16 +65,111 @@ def iter_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator
         yield from _read_file(path, field)
 
 
-def document_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and _kind(f))
-        elif p.is_file():
-            if not _kind(p):
-                raise CollectionError(f"{p}: unsupported file type; use .txt, .md, .json, .json.gz, .jsonl or .pdf")
-            yield p
-        else:
-            raise CollectionError(f"{p}: no such file or folder")
+def read_file(path: Path, field: str = "text") -> list[Document]:
+    """All documents of one file, or CollectionError naming it and the reason (damaged, not UTF-8,
+    permission denied, ...): a file is indexed whole or not at all."""
+    try:
+        return list(_read_file(path, field))
+    except OSError as e:
+        raise CollectionError(f"{path}: cannot read it ({e.strerror or e}); check that it exists and that "
+                              "you may read it") from None
+
+
+def document_files(paths: Iterable[str | Path], notes: list[str] | None = None,
+                   unreadable: list[str] | None = None) -> Iterator[Path]:
+    """The supported files under `paths` as resolved real paths (their identity: ./a.txt, a.txt and a link
+    to it are one file), each once, folders walked in name order. Links in a folder that lead out of it
+    are not followed (a link to /etc/passwd is never read): noted in `notes`. A folder that cannot be
+    listed goes to `unreadable` (raised when it is None). Missing or unsupported arguments are refused
+    before anything is read, all of them named."""
+    given = [Path(p) for p in paths]
+    problems = [_argument_problem(p) for p in given]
+    if any(problems):
+        raise CollectionError("; ".join(p for p in problems if p))
+    seen: set[Path] = set()
+    for p in given:
+        real = p.resolve()
+        for f in _walk(real, notes, unreadable) if real.is_dir() else [real]:
+            if f not in seen:
+                seen.add(f)
+                yield f
+
+
+def _argument_problem(path: Path) -> str | None:
+    try:
+        real = path.resolve()
+        real.stat()
+    except FileNotFoundError:
+        pass
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        return f"{path}: cannot follow this path ({getattr(e, 'strerror', None) or e}); check its permissions"
+    if real.is_dir():
+        return None
+    if not real.exists():
+        return f"{path}: no such file or folder" + (f" (a link to {real})" if path.is_symlink() else "")
+    if not real.is_file():
+        return f"{path}: not a regular file (a pipe or device); give files or folders"
+    if not _kind(real):
+        return f"{path}: unsupported file type; use .txt, .md, .json, .json.gz, .jsonl or .pdf"
+    return None
+
+
+def _walk(root: Path, notes: list[str] | None, unreadable: list[str] | None) -> list[Path]:
+    """Supported regular files under the real folder `root`, in name order, resolved; links that leave
+    `root` are skipped with a note (links inside it lead to files the walk finds anyway)."""
+    def cannot_list(e: OSError) -> None:
+        message = f"{e.filename}: cannot list this folder ({e.strerror}); its files are not indexed"
+        if unreadable is None:
+            raise CollectionError(message)
+        unreadable.append(message)
+
+    def note(message: str) -> None:
+        if notes is not None:
+            notes.append(message)
+
+    found: list[tuple[Path, Path]] = []  # (the name in the walk, the real file)
+    for folder, dirs, files in os.walk(root, onerror=cannot_list):  # links to folders are not descended
+        for name in sorted(dirs):
+            sub = Path(folder) / name
+            if sub.is_symlink() and not _inside(sub, root):
+                note(f"{sub}: a link to a folder outside {root}; not followed")
+            elif _is_index_folder(sub):  # an index kept beside its documents: its files are no documents
+                dirs.remove(name)
+        for name in files:
+            path = Path(folder) / name
+            if not _kind(path):
+                continue
+            try:
+                real = path.resolve()
+            except (OSError, RuntimeError):
+                note(f"{path}: a link that cannot be followed (a loop?); skipped")
+                continue
+            if path.is_symlink() and not _inside(path, root):
+                note(f"{path}: a link to {real}, outside {root}; not followed")
+            elif not real.exists():
+                note(f"{path}: a link to {real}, which does not exist; skipped")
+            elif not real.is_file():
+                note(f"{path}: not a regular file (a pipe or device); skipped")
+            elif _kind(real):
+                found.append((path, real))
+    return [real for _, real in sorted(found)]
+
+
+def _is_index_folder(folder: Path) -> bool:
+    """A `spanqa index` folder (this layout or the one before); False for one that cannot be looked into
+    (os.walk then names it as unreadable)."""
+    try:
+        return (folder / "CURRENT").is_file() or ((folder / "index.json").is_file()
+                                                  and (folder / "embeddings.npy").is_file())
+    except OSError:  # pathlib raises PermissionError here (it ignores only "no such file")
+        return False
+
+
+def _inside(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _kind(path: Path) -> str | None:

@@ -1,28 +1,29 @@
 """Document collections: read files, split them into passages, index them (BM25 and dense), search.
 
-An index folder holds `index.json` (settings, the embedding model and its fingerprint),
-`passages.jsonl` and `embeddings.npy` (L2-normalised mean-pooled sentence embeddings); the bm25s
-index is rebuilt from the passages on load (a second for 10k passages, nothing to keep in sync).
-`--add` appends documents: only the new passages are embedded.
+An index version holds `index.json` (settings, the embedding model and its fingerprint, and the size,
+mtime and sha256 of each indexed file), `passages.jsonl` and `embeddings.npy` (L2-normalised
+mean-pooled sentence embeddings); layout.py keeps versions in the folder so that no kill leaves it
+unusable. The bm25s index is rebuilt from the passages on load (a second for 10k passages, nothing to
+keep in sync). `--add` appends documents (only new passages are embedded) and re-indexes changed files.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from spanqa.data.documents import CollectionError, Document, read_documents
-from spanqa.models import load_encoder, load_tokenizer, resolve_model
+from spanqa.data.documents import CollectionError, Document
+from spanqa.models import ModelError, load_encoder, load_tokenizer, resolve_model
 from spanqa.progress import progress_bar
+
+from . import layout
 
 # Hit and MODES live in the store interface; imported here also for the modules that import them from here
 from .store import (HYBRID_POOL, MODES, DocKey, EmbedderLike, Hit, check_mode, check_vectors,  # noqa: F401
@@ -87,8 +88,11 @@ class Embedder:
     def __init__(self, name: str = "all-MiniLM-L6-v2", max_length: int = 256, batch_size: int = 64):
         import torch
 
-        self.name, self.max_length, self.batch_size = name, max_length, batch_size
         path = resolve_model(name)
+        local = Path(name).expanduser()
+        # a local folder is recorded by its absolute path: the index is used from other working folders
+        self.name = str(local.resolve()) if local.exists() else name
+        self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = load_tokenizer(path)
         self.model = load_encoder(path).eval()
         self.torch = torch
@@ -145,28 +149,13 @@ class Index:
     def build(cls, paths: Sequence[str | Path], settings: PassageSettings = PassageSettings(),
               embedder: Embedder | None = None, field: str = "text", base: "Index | None" = None,
               show_progress: bool = False) -> tuple["Index", list[str]]:
-        """An index of the documents in `paths` (added to `base` when given) and notes on skipped ones."""
-        docs, notes = read_documents(paths, field)
-        if base is not None:
-            settings = PassageSettings(**base.meta["passages"])
-            known = {(p.path, p.doc_id) for p in base.passages}
-            notes += [f"{d.path}: document {d.doc_id!r} is already in the index; skipped" for d in docs
-                      if (d.path, d.doc_id) in known]
-            docs = [d for d in docs if (d.path, d.doc_id) not in known]
-        new = [p for d in docs for p in split_passages(d, settings)]
-        if not new and base is None:
-            raise CollectionError("no text to index in " + ", ".join(map(str, paths)) + (": " + "; ".join(notes) if notes else ""))
-        embedder = embedder or (base.embedder() if base else Embedder())
-        if base is not None:
-            base.check_embedder(embedder)
-        vectors = embedder.encode([_indexed_text(p) for p in new], show_progress) if new else np.zeros((0, 0), np.float32)
-        passages = (base.passages if base else []) + new
-        embeddings = np.concatenate([base.embeddings, vectors]) if base is not None and len(new) else (
-            base.embeddings if base is not None else vectors)
-        meta = {"format": INDEX_FORMAT, "embedding_model": embedder.name, "embedding_fingerprint": embedder.fingerprint,
-                "embedding_max_length": embedder.max_length, "passages": asdict(settings),
-                "documents": len({(p.path, p.doc_id) for p in passages}), "passage_count": len(passages)}
-        return cls(meta, passages, embeddings, embedder), notes
+        """An index of the documents in `paths` (added to a copy of `base` when given: changed files
+        re-indexed, unchanged ones skipped) and notes on what was skipped or could not be read."""
+        from .ingest import ingest
+
+        index = copy.copy(base) if base is not None else cls.empty(settings)
+        done = ingest(index, paths, settings, field=field, show_progress=show_progress, embedder=embedder)
+        return index, done.notes + done.unreadable
 
     @classmethod
     def empty(cls, settings: PassageSettings = PassageSettings()) -> "Index":
@@ -175,35 +164,46 @@ class Index:
                    [], np.zeros((0, 0), np.float32))
 
     def save(self, folder: str | Path) -> Path:
-        """Write the index folder atomically (a complete new folder replaces the old one)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-            staged = Path(tmp) / "index"
-            staged.mkdir()
-            (staged / "index.json").write_text(json.dumps(self.meta, indent=2) + "\n")
-            with open(staged / "passages.jsonl", "w", encoding="utf-8") as f:
+        """Write the index as a new version of `folder`; readers see the old version until it is complete."""
+        def write(staging: Path) -> None:
+            (staging / "index.json").write_text(json.dumps(self.meta, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+            with open(staging / "passages.jsonl", "w", encoding="utf-8") as f:
                 for p in self.passages:
                     f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-            np.save(staged / "embeddings.npy", self.embeddings)
-            old = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(staged, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
+            np.save(staging / "embeddings.npy", self.embeddings)
+
+        return layout.save_version(Path(folder), write)
 
     @classmethod
     def load(cls, folder: str | Path, embedder: Embedder | None = None) -> "Index":
+        """The folder's current index; CollectionError naming the file when it is missing or damaged."""
         folder = Path(folder)
-        if not (folder / "index.json").is_file():
-            raise CollectionError(f"{folder}: not an index folder (no index.json); build one with `spanqa index`")
-        meta = json.loads((folder / "index.json").read_text())
-        if meta.get("format") != INDEX_FORMAT:
-            raise CollectionError(f"{folder}: index format {meta.get('format')}, this spanqa reads {INDEX_FORMAT}; rebuild it")
-        with open(folder / "passages.jsonl", encoding="utf-8") as f:
-            passages = [Passage(**json.loads(line)) for line in f]
-        index = cls(meta, passages, np.load(folder / "embeddings.npy", allow_pickle=False), embedder)
+        version, files = layout.open_files(folder)
+        where = version / "index.json"
+        try:
+            meta = json.loads(files[0].read().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+                found = meta.get("format") if isinstance(meta, dict) else None
+                raise CollectionError(f"{where}: index format {found}, this spanqa reads {INDEX_FORMAT}; "
+                                      f"rebuild it with `spanqa index DOCS --out {folder}`")
+            where = version / "passages.jsonl"
+            passages = [Passage(**json.loads(line)) for line in files[1]]
+            where = version / "embeddings.npy"
+            embeddings = np.load(files[2], allow_pickle=False)
+        except CollectionError:
+            raise
+        except (ValueError, TypeError, EOFError, OSError) as e:  # cut short, flipped bytes, not ours
+            raise CollectionError(f"{where}: damaged ({str(e)[:200]}); rebuild the index with "
+                                  f"`spanqa index DOCS --out {folder}`") from None
+        finally:
+            for f in files:
+                f.close()
+        if embeddings.ndim != 2 or len(embeddings) != len(passages) or meta.get("passage_count") != len(passages):
+            raise CollectionError(f"{version}: damaged ({len(passages)} passages, embeddings of shape "
+                                  f"{embeddings.shape}, index.json says {meta.get('passage_count')}); rebuild the "
+                                  f"index with `spanqa index DOCS --out {folder}`")
+        index = cls(meta, passages, embeddings, embedder)
         if embedder is not None:
             index.check_embedder(embedder)
         return index
@@ -213,7 +213,10 @@ class Index:
     def embedder(self) -> Embedder:
         """The embedding model that built the index (checked against its fingerprint)."""
         if self._embedder is None:
-            embedder = Embedder(self.meta["embedding_model"], self.meta["embedding_max_length"])
+            try:
+                embedder = Embedder(self.meta["embedding_model"], self.meta["embedding_max_length"])
+            except ModelError as e:
+                raise CollectionError(f"this index's embedding model cannot be loaded: {e}") from None
             self.check_embedder(embedder)
             self._embedder = embedder
         return self._embedder
@@ -254,8 +257,25 @@ class Index:
         keep = [i for i, p in enumerate(self.passages) if (p.path, p.doc_id) not in gone]
         removed = len(self.passages) - len(keep)
         if removed:
-            self._set([self.passages[i] for i in keep], self.embeddings[keep], self.meta)
+            kept = [self.passages[i] for i in keep]
+            left = {p.path for p in kept}  # a file with no document left is forgotten: adding it again reads it
+            files = {f: sig for f, sig in self.files().items() if f in left or f not in {k[0] for k in gone}}
+            self._set(kept, self.embeddings[keep], {**self.meta, "files": files})
         return removed
+
+    def vectors_of(self, keys: Iterable[DocKey]) -> dict[str, np.ndarray]:
+        """Indexed text -> embedding of these documents' passages: a changed file's unchanged passages
+        keep their vectors instead of being embedded again."""
+        keys = set(keys)
+        return {_indexed_text(p): self.embeddings[i] for i, p in enumerate(self.passages) if (p.path, p.doc_id) in keys}
+
+    def files(self) -> dict[str, dict]:
+        """Size, mtime_ns and sha256 of each indexed file (by real path), as they were when it was read."""
+        return dict(self.meta.get("files", {}))
+
+    def record_files(self, signatures: dict[str, dict]) -> None:
+        """Remember these files' signatures (see `files`): `--add` skips a file only while it matches."""
+        self.meta = {**self.meta, "files": dict(sorted({**self.files(), **signatures}.items()))}
 
     def _write(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
                settings: PassageSettings | None, replace: bool) -> None:
