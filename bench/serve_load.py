@@ -13,7 +13,15 @@ with the reader's window settings. It runs in the venv of bench/infer_cpu.py (tr
 FastAPI and uvicorn it uses are this venv's). Clients and servers share the same 2 cores, so the
 numbers are a floor for a separate client machine.
 
+`--hostile`: no peer; one spanqa server takes clean rounds (the normal clients alone) and hostile
+rounds (the same normal clients plus clients that hang up mid-request, send slowly or send junk:
+bench/hostile_clients.py) in turns. Reported for the normal clients of each: requests, errors, p50
+and p99 and the p99 ratio hostile / clean; for the hostile ones: hang-ups, how long slow
+connections were held, the status of every junk request; per round, what the server computed and
+dropped (/health "work") and its RSS (written to serve_load_hostile.json).
+
     python bench/serve_load.py [--model runs/quick] [--clients 64] [--seconds 60] [--rounds 3] [--no-peer]
+    python bench/serve_load.py --hostile [--hangup-clients 8 --slow-clients 16 --junk-clients 4]
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -42,6 +51,7 @@ from common import (
     report,
     save_result,
 )
+from hostile_clients import HostileStats, hostile_tasks
 
 PEER_SERVER = r"""
 import sys, threading
@@ -99,11 +109,20 @@ async def client(url: str, items: list[dict], offset: int, stride: int, stop_at:
             i += stride
 
 
-async def load(url: str, items: list[dict], clients: int, seconds: float) -> tuple[list, list, float]:
+async def load(url: str, items: list[dict], clients: int, seconds: float,
+               others: Callable[[float], list] | None = None) -> tuple[list, list, float]:
+    """Latencies and errors of `clients` normal clients for `seconds`, and the seconds they took;
+    `others(stop_at)`, if given, are more clients (coroutines) run beside them, not measured."""
     latencies, errors = [], []
     start = time.monotonic()
-    await asyncio.gather(*(client(url, items, k, clients, start + seconds, latencies, errors) for k in range(clients)))
-    return latencies, errors, time.monotonic() - start
+
+    async def normal() -> float:
+        await asyncio.gather(*(client(url, items, k, clients, start + seconds, latencies, errors)
+                               for k in range(clients)))
+        return time.monotonic() - start
+
+    elapsed, *_ = await asyncio.gather(normal(), *(others(start + seconds) if others else []))
+    return latencies, errors, elapsed
 
 
 def start_server(command: list[str]) -> tuple[subprocess.Popen, str]:
@@ -140,9 +159,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup-seconds", type=float, default=5)
     ap.add_argument("--no-peer", action="store_true", help="spanqa alone (e.g. for a long memory run)")
+    ap.add_argument("--hostile", action="store_true",
+                    help="clean and hostile rounds in turn against one spanqa server (no peer): the normal clients "
+                         "plus clients that hang up, send slowly or send junk")
+    ap.add_argument("--hangup-clients", type=int, default=8)
+    ap.add_argument("--slow-clients", type=int, default=16)
+    ap.add_argument("--junk-clients", type=int, default=4)
+    ap.add_argument("--junk-pause", type=float, default=0.1, help="seconds between two junk requests of a client")
     args = ap.parse_args()
-
-    from infer_cpu import peer_python
 
     from spanqa.models import resolve_model
     from spanqa.qa.squad import load_dataset
@@ -151,12 +175,17 @@ def main() -> None:
     items = [{"question": e.question, "context": e.context} for e in load_dataset(SQUAD / "dev-v1.1.json.gz").examples]
     commands = {"spanqa": [sys.executable, "-m", "spanqa", "serve", model, "--port", "{port}"]}
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    if not args.no_peer:
+    if not (args.no_peer or args.hostile):
+        from infer_cpu import peer_python
+
         (tmp / "peer_server.py").write_text(PEER_SERVER)
         commands["pipeline_fastapi"] = [str(peer_python()), str(tmp / "peer_server.py"), model, "{port}",
                                         *reader_windows(model)]
+    # contender -> the server it loads: in --hostile mode both rounds load the same spanqa process
+    targets = {"clean": "spanqa", "hostile": "spanqa"} if args.hostile else {name: name for name in commands}
+    contexts = sorted({item["context"] for item in items})
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
-    rounds: dict[str, list[dict]] = {name: [] for name in commands}
+    rounds: dict[str, list[dict]] = {name: [] for name in targets}
     timeline, done = [], threading.Event()
     try:
         for name, command in commands.items():
@@ -171,12 +200,26 @@ def main() -> None:
                 timeline.append(round(spanqa.memory_info().rss / 2**20, 1))
 
         def one_load(name: str, seconds: float) -> dict:
-            latencies, errors, elapsed = asyncio.run(load(servers[name][1] + "/v1/answer", items, args.clients,
-                                                          seconds))
+            base = servers[targets[name]][1]
+            work_before = httpx.get(base + "/health").json().get("work", {})
+            stats = HostileStats() if name == "hostile" else None
+
+            def hostile(stop_at: float) -> list:
+                return hostile_tasks(base, contexts, stop_at, stats, args.hangup_clients, args.slow_clients,
+                                     args.junk_clients, args.junk_pause)
+
+            latencies, errors, elapsed = asyncio.run(load(base + "/v1/answer", items, args.clients, seconds,
+                                                          hostile if stats is not None else None))
             ms = np.array(latencies) * 1000
-            return {"requests": len(latencies), "requests_per_s": len(latencies) / elapsed, "errors": len(errors),
-                    "error_kinds": sorted(set(map(str, errors))), "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99))}
+            row = {"requests": len(latencies), "requests_per_s": len(latencies) / elapsed, "errors": len(errors),
+                   "error_kinds": sorted(set(map(str, errors))), "p50_ms": float(np.percentile(ms, 50)),
+                   "p99_ms": float(np.percentile(ms, 99)), "server_rss_mb": round(spanqa.memory_info().rss / 2**20, 1)}
+            if targets[name] == "spanqa":  # what the server computed, and dropped for clients that left
+                work_after = httpx.get(base + "/health").json().get("work", {})
+                row["server_work"] = {k: v - work_before.get(k, 0) for k, v in work_after.items()}
+            if stats is not None:
+                row["hostile"] = stats.to_dict()
+            return row
 
         def timed(name: str) -> float:
             rounds[name].append(one_load(name, args.seconds))
@@ -184,10 +227,12 @@ def main() -> None:
 
         threading.Thread(target=sample_rss, daemon=True).start()
         load_before = load_average()
-        rates = interleave({name: (lambda name=name: timed(name)) for name in commands}, args.rounds,
+        rates = interleave({name: (lambda name=name: timed(name)) for name in targets}, args.rounds,
                            warmup=lambda name: one_load(name, args.warmup_seconds),
                            on_round=lambda r, name, q: print(f"round {r + 1} {name}: {q:.1f} requests/s, "
-                                                              f"p50 {rounds[name][-1]['p50_ms']:.0f} ms", flush=True))
+                                                              f"p50 {rounds[name][-1]['p50_ms']:.0f} ms, p99 "
+                                                              f"{rounds[name][-1]['p99_ms']:.0f} ms, errors "
+                                                              f"{rounds[name][-1]['errors']}", flush=True))
         done.set()
         rss_after = spanqa.memory_info().rss / 2**20
     finally:
@@ -195,16 +240,26 @@ def main() -> None:
         for server, _ in servers.values():
             server.terminate()
             server.wait(30)
-    result = report(rates, "pipeline_fastapi" if "pipeline_fastapi" in rates else "spanqa", load_before)
+    baseline = "clean" if args.hostile else "pipeline_fastapi" if "pipeline_fastapi" in rates else "spanqa"
+    result = report(rates, baseline, load_before)
     for name, row in result["contenders"].items():
         row.update({k: statistics.median(r[k] for r in rounds[name]) for k in ("p50_ms", "p99_ms")},
                    errors=sum(r["errors"] for r in rounds[name]), requests=sum(r["requests"] for r in rounds[name]),
                    every_round=rounds[name])
+    if args.hostile:
+        clean, hostile = result["contenders"]["clean"], result["contenders"]["hostile"]
+        result["p99_hostile_over_clean"] = hostile["p99_ms"] / clean["p99_ms"]
+        result["hostile_clients"] = {"hangup": args.hangup_clients, "slow": args.slow_clients,
+                                     "junk": args.junk_clients, "junk_pause_s": args.junk_pause}
     result.update(model=args.model, clients=args.clients, seconds_per_round=args.seconds, unit="requests/s",
                   server_rss_mb_before=rss_before, server_rss_mb_after=rss_after, server_rss_mb_every_10s=timeline)
     print(json.dumps(result, indent=2))
     print_report(result, "requests/s")
-    save_result("serve_load", result)
+    if args.hostile:
+        print(f"normal clients, p99 hostile / clean: {result['p99_hostile_over_clean']:.2f}; errors clean "
+              f"{result['contenders']['clean']['errors']}, hostile {result['contenders']['hostile']['errors']}; "
+              f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    save_result("serve_load_hostile" if args.hostile else "serve_load", result)
 
 
 if __name__ == "__main__":

@@ -206,3 +206,19 @@ def test_blank_questions_are_refused_before_batching(reader):
                      [{"question": "Where is Paris?", "context": "Paris is in France."}, {"question": " ", "context": "x"}]):
             assert client.post("/v1/answer", json=body).status_code == 422
         assert client.post("/v1/answer", json={"question": "Where is Paris?", "context": "Paris is in France."}).status_code == 200
+
+
+def test_api_docs_render_in_chromium_from_local_assets(live_server):
+    """/docs is Swagger UI served by spanqa itself (test_serve_input checks it names no other host)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    try:
+        browser.get(live_server + "/docs")
+        title = WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        assert "spanqa" in title[0].text
+        paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/answer", "/v1/ask", "/health"} <= paths, paths
+    finally:
+        browser.quit()

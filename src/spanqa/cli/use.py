@@ -137,6 +137,8 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
               max_context_chars: int = typer.Option(100_000, help="Longer contexts (classifier: texts) get 422"),
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
               timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
+              read_timeout: float = typer.Option(10.0, help="Seconds to receive a request's headers, and again "
+                                                             "its body, before 408"),
               precision: str = typer.Option("fp32", help=PRECISION_HELP),
               index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index"),
               store: Optional[str] = typer.Option(None, "--store", help=f"Or over a store. {STORE_HELP}"),
@@ -147,7 +149,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
     from spanqa.server import ServerLimits, serve
 
     limits = ServerLimits(max_body_bytes=max_body_bytes, max_context_chars=max_context_chars,
-                          max_batch_items=max_batch_items, timeout_s=timeout)
+                          max_batch_items=max_batch_items, timeout_s=timeout, read_timeout_s=read_timeout)
     if is_classifier_folder(model):
         if index is not None or store is not None:
             fail(f"{model} is a classifier: it answers no questions about a collection (drop --index/--store)")

@@ -146,12 +146,14 @@ class Reader:
             rescore(predictions, self.settings.calibration.probabilities)
         return predictions
 
-    def answer_many(self, pairs: Iterable[tuple[str, str]], top_k: int = 1) -> list[list[Answer]]:
+    def answer_many(self, pairs: Iterable[tuple[str, str]], top_k: int = 1,
+                    on_batch: Callable[[int], None] | None = None) -> list[list[Answer]]:
         """Answers for many (question, context) pairs in one batched pass; [] where no span exists.
 
         When the model or the calibrated threshold says "no answer", the first answer has empty
         text, offsets -1 and, as score, the no-answer probability. Scores are calibrated
         probabilities of being right when the reader has a calibration (`ReaderSettings.calibration`).
+        `on_batch(windows)` runs after each model batch (the server stops a pass there by raising).
         """
         examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
         blank = [i for i, e in enumerate(examples) if not e.question.strip()]
@@ -160,7 +162,7 @@ class Reader:
         decoding = self.settings.decoding
         if top_k > decoding.n_best:
             decoding = DecodeSettings(**{**asdict(decoding), "n_best": top_k})
-        return [_top_answers(p, top_k) for p in self.predict(examples, decoding)]
+        return [_top_answers(p, top_k) for p in self.predict(examples, decoding, on_batch)]
 
     def answer(self, question: str, context: str, top_k: int = 1) -> list[Answer]:
         """The `top_k` best answers to `question` in `context` (see `answer_many`)."""
