@@ -159,6 +159,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
             classifier = Classifier.load(model, precision=precision)
         except ModelError as e:
             fail(str(e))
+        _announce(model, classifier)
         serve(classifier, host, port, limits)
         return
     from spanqa.data.documents import CollectionError
@@ -170,28 +171,39 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
             _check_store(collection)  # reachable, and its embedding model is the one that wrote it
         except CollectionError as e:
             fail(str(e))
-    serve(_load_reader(model, precision=precision), host, port, limits, collection)
+    reader = _load_reader(model, precision=precision)
+    _announce(model, reader)
+    serve(reader, host, port, limits, collection)
+
+
+def _announce(model: str, predictor) -> None:
+    """The start-up line: what is served and which reading path runs it (spanqa export makes the fastest)."""
+    from spanqa.onnx_models import describe_runtime
+
+    runtime = describe_runtime(predictor.model, predictor.device, predictor.autocast_dtype)
+    slower = predictor.device.type == "cpu" and not runtime.startswith("ONNX Runtime int8")
+    hint = f"; faster on CPU: spanqa export {model}, then serve the export" if slower else ""
+    print(f"spanqa serve: {model}, {runtime}{hint}", flush=True)
 
 
 @app.command("export")
 def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folder, or a QA model id"),
-               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-onnx or MODEL-int8)"),
-               onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX Runtime (the one format for now)"),
-               int8: bool = typer.Option(False, "--int8", help="Dynamic int8 weights (feed-forward outputs stay fp32)"),
+               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-int8 or MODEL-onnx)"),
+               onnx: bool = typer.Option(True, "--onnx", hidden=True, help="Export to ONNX Runtime (the one format for now)"),
+               int8: bool = typer.Option(True, "--int8/--fp32",
+                                         help="int8 weights, activations scaled per batch, the feed-forward outputs in "
+                                              "fp32: the fastest CPU path within 0.5 F1 of fp32 (BENCHMARKS.md); or fp32"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
-                                                    help="int8 for every MatMul (faster, less exact)")) -> None:
+                                                    help="int8 for the feed-forward outputs too: faster, ~1 F1 lower")) -> None:
     """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
     classify predict and serve run transparently."""
     from spanqa.export import export_onnx
 
-    if not onnx:
-        fail("say which format: --onnx (the one supported now)")
-    int8 = int8 or int8_everywhere
     target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
     from spanqa.models import ModelError
 
     try:
-        path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
+        path = export_onnx(model, target, int8=int8 or int8_everywhere, int8_everywhere=int8_everywhere)
     except ModelError as e:
         fail(str(e))
     from spanqa.classify.classifier import is_classifier_folder
