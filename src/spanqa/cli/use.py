@@ -199,11 +199,12 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
     classify predict and serve run transparently."""
     from spanqa.export import export_onnx
 
+    int8 = int8 or int8_everywhere
     target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
     from spanqa.models import ModelError
 
     try:
-        path = export_onnx(model, target, int8=int8 or int8_everywhere, int8_everywhere=int8_everywhere)
+        path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
     except ModelError as e:
         fail(str(e))
     from spanqa.classify.classifier import is_classifier_folder
