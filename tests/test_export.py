@@ -1,5 +1,7 @@
 """ONNX export: the exported reader gives the torch reader's logits; int8 still answers with valid spans."""
 
+from pathlib import Path
+
 import numpy as np
 from test_reader import reader_folder
 
@@ -43,3 +45,28 @@ def _graph(folder):
     import onnx
 
     return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+
+
+def test_export_command_defaults_to_int8_and_refuses_what_it_would_destroy(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from spanqa.cli import app
+
+    folder = reader_folder(tiny_model, tmp_path)
+    run = lambda *args: CliRunner().invoke(app, ["export", folder, *args])  # noqa: E731
+    result = run()
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in _graph(Path(f"{folder}-int8")).node}
+    assert "MatMulInteger" in ops  # no flags: the int8 path
+    assert run("--fp32", "--out", str(tmp_path / "fp32")).exit_code == 0
+    assert not {"MatMulInteger", "QAttention"} & {n.op_type for n in _graph(tmp_path / "fp32").node}
+    result = run("--fp32", "--int8-everywhere")
+    assert result.exit_code == 2 and "contradict" in result.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    result = run("--out", str(tmp_path / "notes"))
+    assert result.exit_code == 2 and "not an exported model folder" in result.output
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"  # untouched
+    result = run("--out", folder)
+    assert result.exit_code == 2 and "own folder" in result.output
+    assert run("--out", str(tmp_path / "fp32")).exit_code == 0  # an earlier export is replaced

@@ -20,10 +20,10 @@ from spanqa.models import (
     load_classifier_model,
     load_qa_model,
     load_tokenizer,
+    ModelError,
     resolve_model,
 )
-from spanqa.onnx_models import CLASSIFIER_OUTPUTS, ONNX_FILE, OUTPUTS
-
+from spanqa.onnx_models import CLASSIFIER_OUTPUTS, ONNX_FILE, OUTPUTS, is_onnx_folder
 
 
 def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17,
@@ -39,6 +39,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
 
     source = resolve_model(model)
     out = Path(out_dir)
+    _check_target(out, source)
     tokenizer = load_tokenizer(source)
     classifier = _classifier_settings(source)
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
@@ -83,6 +84,15 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     return out
 
 
+def _check_target(out: Path, source: str) -> None:
+    """The output folder is replaced whole: refuse the model's own folder, and a folder of other files."""
+    if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise ModelError(f"--out {out} is the model's own folder; choose another output folder")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_onnx_folder(out))):
+        raise ModelError(f"--out {out} exists and is not an exported model folder (it would be replaced); "
+                         "choose another output folder, or remove it first")
+
+
 def _classifier_settings(source: str) -> dict | None:
     """A classifier's spanqa.json ({} for a sequence-classification model without one); None for a reader."""
     from transformers import AutoConfig
@@ -102,8 +112,8 @@ def _outlier_matmuls(path: Path) -> list[str]:
     """The feed-forward output projections (BERT/RoBERTa/MPNet `layer.N.output.dense`, DistilBERT
     `ffn.lin2`): their inputs, GELU outputs, carry the activation outliers that per-tensor dynamic
     int8 handles worst (Bondarenko et al. 2021, "Understanding and Overcoming the Challenges of
-    Efficient Transformer Quantization"). Kept in fp32 (MiniLM, 2,000 dev questions): F1 -0.90 ->
-    +0.24 against the pipeline's fp32, at 76% of the all-int8 speed (bench/infer_cpu.py)."""
+    Efficient Transformer Quantization"). Kept in fp32 (MiniLM, 2,000 dev questions, 2026-11-23): F1 -1.16 ->
+    -0.43 against the pipeline's fp32, at 75% of the all-int8 speed (bench/infer_cpu.py)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

@@ -1,8 +1,8 @@
 """Exported models at run time: ONNX Runtime sessions with the slice of the transformers interface
 that the readers and classifiers use (`model(**inputs)` -> logits), so every reading path runs them.
 
-Kept apart from `spanqa.export` (which builds these folders and needs the readers and classifiers to
-calibrate and detect them), so that the readers can import this without an import cycle.
+Kept apart from `spanqa.export` (which builds these folders and needs the classifiers to detect
+them), so that the readers can import this without an import cycle.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class _OnnxModel:
             raise ModelError(f"cannot load {Path(folder) / ONNX_FILE}: {e}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.config = AutoConfig.from_pretrained(folder)
-        self.precision = onnx_precision(Path(folder) / ONNX_FILE)
+        self.path = Path(folder) / ONNX_FILE
 
     def run(self, outputs: Sequence[str], inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
         feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}
@@ -86,8 +86,8 @@ def onnx_precision(path: Path) -> str:
 def describe_runtime(model, device: torch.device, autocast_dtype: torch.dtype | None) -> str:
     """Which reading path runs, in words, for start-up lines: 'ONNX Runtime int8 (cpu)', 'torch bf16 (cpu)'."""
     if isinstance(model, _OnnxModel):
-        return f"ONNX Runtime {model.precision} (cpu)"
-    return f"torch {'bf16' if autocast_dtype == torch.bfloat16 else 'fp16' if autocast_dtype else 'fp32'} ({device.type})"
+        return f"ONNX Runtime {onnx_precision(model.path)} (cpu)"
+    return f"torch {'bf16' if autocast_dtype == torch.bfloat16 else 'fp32'} ({device.type})"
 
 
 def is_onnx_folder(path: str | Path) -> bool:

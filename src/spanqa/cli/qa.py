@@ -72,7 +72,7 @@ def _print_summary(output_dir: str, metrics: dict) -> None:
           f"  ask:      spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"
           f"  chat:     spanqa chat {output_dir} --context-file PASSAGE.txt\n"
           f"  serve:    spanqa serve {output_dir}   (web page and API on http://127.0.0.1:8000)\n"
-          f"  faster:   spanqa export {output_dir} --onnx --int8\n"
+          f"  faster:   spanqa export {output_dir}   (ONNX int8, then serve or ask that folder)\n"
           f"  evaluate: spanqa evaluate {output_dir} DATA.json\n"
           f"  python:   from spanqa.qa.reader import Reader; Reader.load('{output_dir}').answer(question, context)")
 

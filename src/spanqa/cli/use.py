@@ -136,9 +136,9 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
               max_body_bytes: int = typer.Option(2_000_000, help="Larger request bodies get 413"),
               max_context_chars: int = typer.Option(100_000, help="Longer contexts (classifier: texts) get 422"),
               max_batch_items: int = typer.Option(64, help="Items per request, and per model batch"),
-              timeout: float = typer.Option(30.0, help="Seconds per request before 504"),
-              read_timeout: float = typer.Option(10.0, help="Seconds to receive a request's headers, and again "
-                                                             "its body, before 408"),
+              timeout: float = typer.Option(30.0, min=0.1, help="Seconds per request before 504"),
+              read_timeout: float = typer.Option(10.0, min=0.1, help="Seconds to receive a request's headers, and "
+                                                                     "again its body, before 408"),
               precision: str = typer.Option("fp32", help=PRECISION_HELP),
               index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index"),
               store: Optional[str] = typer.Option(None, "--store", help=f"Or over a store. {STORE_HELP}"),
@@ -181,15 +181,19 @@ def _announce(model: str, predictor) -> None:
     from spanqa.onnx_models import describe_runtime
 
     runtime = describe_runtime(predictor.model, predictor.device, predictor.autocast_dtype)
-    slower = predictor.device.type == "cpu" and not runtime.startswith("ONNX Runtime int8")
-    hint = f"; faster on CPU: spanqa export {model}, then serve the export" if slower else ""
+    hint = ""
+    if runtime.startswith("torch") and predictor.device.type == "cpu":
+        hint = f"; faster on CPU: spanqa export {model}, then serve the export"
+    elif runtime == "ONNX Runtime fp32 (cpu)":
+        hint = "; faster on CPU: export the torch model again without --fp32"
     print(f"spanqa serve: {model}, {runtime}{hint}", flush=True)
 
 
 @app.command("export")
 def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folder, or a QA model id"),
-               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-int8 or MODEL-onnx)"),
-               onnx: bool = typer.Option(True, "--onnx", hidden=True, help="Export to ONNX Runtime (the one format for now)"),
+               out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL-int8, MODEL-int8-everywhere or MODEL-onnx)"),
+               # accepted so that scripts written when --onnx was required keep working; ONNX is the one format
+               onnx: bool = typer.Option(True, "--onnx", hidden=True),
                int8: bool = typer.Option(True, "--int8/--fp32",
                                          help="int8 weights, activations scaled per batch, the feed-forward outputs in "
                                               "fp32: the fastest CPU path within 0.5 F1 of fp32 (BENCHMARKS.md); or fp32"),
@@ -199,8 +203,10 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
     classify predict and serve run transparently."""
     from spanqa.export import export_onnx
 
-    int8 = int8 or int8_everywhere
-    target = out or Path(f"{model.rstrip('/')}-{'int8' if int8 else 'onnx'}")
+    if int8_everywhere and not int8:
+        fail("--fp32 and --int8-everywhere contradict each other: give one of them")
+    suffix = "int8-everywhere" if int8_everywhere else "int8" if int8 else "onnx"
+    target = out or Path(f"{model.rstrip('/')}-{suffix}")
     from spanqa.models import ModelError
 
     try:

@@ -115,7 +115,7 @@ class Reader:
                 model, device = OnnxQAModel(path), "cpu"
             except Exception as e:  # noqa: BLE001  onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
                 raise ModelError(f"cannot load the ONNX model in {path!r}: {str(e).strip()[:300]}; export it "
-                                 "again (spanqa export MODEL --onnx)") from None
+                                 "again (spanqa export MODEL)") from None
         else:
             model = load_qa_model(path, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
