@@ -68,10 +68,12 @@ async def hang_up(url: str, body: bytes, stop_at: float, stats: HostileStats, se
     while time.monotonic() < stop_at:
         try:
             _, writer = await asyncio.open_connection(host, port)
-            writer.write(request)
-            await writer.drain()
-            await asyncio.sleep(rng.uniform(0, 1))
-            writer.close()
+            try:
+                writer.write(request)
+                await writer.drain()
+                await asyncio.sleep(rng.uniform(0, 1))
+            finally:  # closed also when the write fails, so sockets do not pile up
+                writer.close()
             stats.hangups += 1
         except OSError as e:
             stats.errors[f"hang_up:{type(e).__name__}"] += 1
@@ -106,7 +108,7 @@ async def trickle(url: str, stop_at: float, stats: HostileStats, with_body: bool
                     break
                 except asyncio.TimeoutError:
                     pass
-        except (ConnectionError, OSError):
+        except OSError:
             closed = True
         if closed:
             stats.slow_held_s.append(round(time.monotonic() - start, 2))

@@ -222,3 +222,39 @@ def test_api_docs_render_in_chromium_from_local_assets(live_server):
         assert {"/v1/answer", "/v1/ask", "/health"} <= paths, paths
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("started, code", [(True, None), (False, 3)])
+def test_serve_ends_quietly_on_ctrl_c_and_with_code_3_when_start_up_fails(reader, monkeypatch, started, code):
+    """As uvicorn.run(): uvicorn re-raises Ctrl-C after its shutdown, and a start-up that failed exits 3."""
+    import uvicorn
+
+    from spanqa.server import serve
+
+    class Server:  # started and stopped by Ctrl-C, or returned at start-up
+        def __init__(self, config):
+            self.started = False
+
+        def run(self):
+            self.started = started
+            if started:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    if code is None:
+        serve(reader)
+    else:
+        with pytest.raises(SystemExit) as exit:
+            serve(reader)
+        assert exit.value.code == code
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--read-timeout"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_serve_command_refuses_timeouts_that_are_not_positive(option, value):
+    from typer.testing import CliRunner
+
+    from spanqa.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "no-such-model", option, value])
+    assert result.exit_code == 2 and option in result.output, result.output

@@ -38,7 +38,8 @@ def reader(tiny_model, tmp_path_factory) -> Reader:
 class Gated:
     """The reader's own `answer_many`, recording the questions it reads and the model batches it runs;
     the first pass waits for `gate` after its first model batch (it holds the model while others queue
-    up behind it, or while its client goes away)."""
+    up behind it, or while its client goes away). `with gated:` opens the gate on the way out, also when
+    an assertion failed, so that the held pass, its client and the server thread can end."""
 
     def __init__(self, reader: Reader):
         self.answer_many, self.questions, self.batches, self.gate = reader.answer_many, [], [], threading.Event()
@@ -56,6 +57,12 @@ class Gated:
 
         return self.answer_many(pairs, top_k, on_batch=counted)
 
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        self.gate.set()
+
 
 @contextmanager
 def serving(reader: Reader, **limits) -> Iterator[tuple[str, object]]:
@@ -64,11 +71,12 @@ def serving(reader: Reader, **limits) -> Iterator[tuple[str, object]]:
     server = uvicorn.Server(uvicorn_config(app, port=_free_port(), limits=ServerLimits(**limits), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
     try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start within 10 s"
         yield f"http://127.0.0.1:{server.config.port}", app
     finally:
         server.should_exit = True
@@ -93,7 +101,7 @@ def test_requests_of_clients_that_hang_up_are_not_computed(reader):
     gated = Gated(reader)
     reader.answer_many, real = gated, reader.answer_many
     try:
-        with serving(reader) as (url, app), ThreadPoolExecutor(1) as pool:
+        with serving(reader) as (url, app), ThreadPoolExecutor(1) as pool, gated:
             blocker = pool.submit(httpx.post, url + "/v1/answer", json={"question": "blocker?", "context": CONTEXT},
                                   timeout=60)
             _wait_until(lambda: gated.questions == ["blocker?"])
@@ -120,7 +128,7 @@ def test_a_pass_whose_client_hung_up_stops_between_model_batches(tiny_model, tmp
     windows = len(reader.windows([Example("0", "gone?", LONG)]).input_ids)
     gated = Gated(reader)
     reader.answer_many = gated
-    with serving(reader) as (url, app):
+    with serving(reader) as (url, app), gated:
         sock = _raw_request(int(url.rsplit(":", 1)[1]), json.dumps({"question": "gone?", "context": LONG}).encode())
         _wait_until(lambda: len(gated.batches) == 1)  # its pass is running, held after its first window
         sock.close()
@@ -136,13 +144,13 @@ def test_requests_that_time_out_are_not_computed_later(reader):
     gated = Gated(reader)
     reader.answer_many, real = gated, reader.answer_many
     try:
-        with serving(reader, timeout_s=1.0) as (url, app), ThreadPoolExecutor(11) as pool:
+        with serving(reader, timeout_s=1.0) as (url, app), ThreadPoolExecutor(11) as pool, gated:
             first = pool.submit(httpx.post, url + "/v1/answer", json={"question": "blocker?", "context": CONTEXT})
             _wait_until(lambda: gated.questions == ["blocker?"])
             late = [pool.submit(httpx.post, url + "/v1/answer", json={"question": f"late {i}?", "context": LONG},
                                 timeout=30) for i in range(10)]
             assert [r.result().status_code for r in late] == [504] * 10
-            assert first.result().status_code == 504  # its pass is still running: that one cannot be stopped
+            assert first.result().status_code == 504  # its pass, held at the gate, stops at its next model batch
             gated.gate.set()
             _wait_until(lambda: not app.state.batcher.pending)
             after = httpx.post(url + "/v1/answer", json={"question": "after?", "context": CONTEXT}, timeout=30)
@@ -151,6 +159,7 @@ def test_requests_that_time_out_are_not_computed_later(reader):
         reader.answer_many = real
     assert gated.questions == ["blocker?", "after?"]
     assert app.state.batcher.items_dropped == 10
+    assert app.state.batcher.passes_stopped == 1  # the blocker's: every client of it had its 504
 
 
 def test_long_contexts_run_in_batches_of_their_own():
@@ -239,7 +248,7 @@ def _held(port: int, first: bytes, trickle: bytes = b"", every: float = 0.2, lim
 def test_slow_clients_are_cut_off_after_the_read_deadline(reader, first, trickle, answer):
     with serving(reader, read_timeout_s=1.0) as (url, _):
         held, reply = _held(int(url.rsplit(":", 1)[1]), first, trickle)
-        assert 0.8 <= held < 4, held
+        assert 0.8 <= held < 8, held  # not cut off: held until _held's limit (15 s); slack for a loaded machine
         assert reply.startswith(b"HTTP/1.1 408") and answer in reply, reply
         assert httpx.post(url + "/v1/answer", json={"question": "Who?", "context": CONTEXT}).status_code == 200
 
@@ -253,7 +262,7 @@ def test_serve_command_applies_the_read_timeout(tiny_model, tmp_path):
         _wait_until(lambda: _answers(port) or process.poll() is not None, 120)
         assert process.poll() is None, process.stdout.read()
         held, reply = _held(port, HEAD, b"X-Slow: abcdefghijklmnopqrstuvwxyz")
-        assert held < 4 and reply.startswith(b"HTTP/1.1 408"), (held, reply)
+        assert held < 8 and reply.startswith(b"HTTP/1.1 408"), (held, reply)
     finally:
         process.terminate()
         process.wait(10)

@@ -66,9 +66,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("body, message", CASES)
-@pytest.mark.parametrize("path", ["/v1/answer", "/v1/classify"])
-def test_bad_bodies_are_a_422_naming_the_place(reader_client, body, message, path):
-    response = reader_client.post(path, content=body, headers=JSON)
+@pytest.mark.parametrize("app, path", [("reader_client", "/v1/answer"), ("classifier_client", "/v1/classify")])
+def test_bad_bodies_are_a_422_naming_the_place(request, app, path, body, message):
+    response = request.getfixturevalue(app).post(path, content=body, headers=JSON)
     assert response.status_code == 422, response.text
     assert re.search(message, response.json()["detail"]), response.json()["detail"]
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from spanqa.classify import serving as classify_serving
@@ -357,18 +358,6 @@ def create_app(reader: Reader | Classifier, limits: ServerLimits = ServerLimits(
 def _fastapi(**kwargs) -> FastAPI:
     """A FastAPI app whose /docs (Swagger UI) and /redoc pages load their scripts from this server
     (fastapi-offline): FastAPI's own pages load them from a CDN, and are blank pages offline."""
-    try:
-        from fastapi_offline import FastAPIOffline
-    except ImportError:  # an environment set up before the dependency: say so at /docs
-        app = FastAPI(docs_url=None, redoc_url=None, **kwargs)
-
-        @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-        async def docs() -> str:
-            return ("<!doctype html><title>spanqa API</title><p>The interactive docs need the fastapi-offline "
-                    "package (pip install fastapi-offline); the API is described in "
-                    "<a href=\"/openapi.json\">/openapi.json</a>.")
-
-        return app
     # no validator badge: Swagger UI would fetch it from validator.swagger.io
     return FastAPIOffline(swagger_ui_parameters={"validatorUrl": None}, **kwargs)
 
@@ -397,4 +386,12 @@ def serve(reader: Reader | Classifier, host: str = "127.0.0.1", port: int = 8000
           retriever=None) -> None:
     import uvicorn
 
-    uvicorn.Server(uvicorn_config(create_app(reader, limits, retriever), host, port, limits)).run()
+    # what uvicorn.run() does around Server.run(): Ctrl-C ends quietly (uvicorn re-raises the signal
+    # after its shutdown), and a failed start-up exits with uvicorn's code 3
+    server = uvicorn.Server(uvicorn_config(create_app(reader, limits, retriever), host, port, limits))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise SystemExit(3)
