@@ -374,8 +374,12 @@ INDEX_CASES = [  # (case, prepare(tmp, model) -> arguments, exit code, what the 
     ("unreadable files: all named, the rest indexed",
      lambda t, m: _index_args(t, m, _docs(t, {"latin1.txt": "caf\xe9".encode("latin-1"), "broken.pdf": PDF_BROKEN,
                                               "bad.jsonl": b'{"text": oops}\n', "nul.md": b"\xff\xfe\0"})), 1,
-     r"(?s)4 file\(s\) could not be read.*bad.jsonl, line 1.*invalid JSON.*broken.pdf: cannot read this PDF"
-     r".*latin1.txt: not UTF-8.*nul.md: not UTF-8.*--add", [GOOD_DOC]),
+     r"(?s)4 file\(s\) could not be read; \S+idx holds the other documents:\n.*bad.jsonl, line 1.*invalid JSON"
+     r".*broken.pdf: cannot read this PDF.*latin1.txt: not UTF-8.*nul.md: not UTF-8.*--add", [GOOD_DOC]),
+    ("--add of an unreadable file: the index keeps what it held",
+     lambda t, m: _index_args(t, _built(t, m), _docs(t, {"latin1.txt": b"caf\xe9"}), add=True), 1,
+     r"1 file\(s\) could not be read; \S+idx holds the other documents \(and what it held of these before\):"
+     r"\n.*latin1.txt: not UTF-8", [GOOD_DOC]),
     ("only unreadable files", lambda t, m: _index_args(t, m, _docs(t, {"latin1.txt": b"caf\xe9"}) / "latin1.txt"), 2,
      r"no text to index.*latin1.txt: not UTF-8", None),
     ("a link to a system file", lambda t, m: _index_args(t, m, _link(t, "passwd.txt", "/etc/passwd")), 0,
@@ -394,7 +398,7 @@ INDEX_CASES = [  # (case, prepare(tmp, model) -> arguments, exit code, what the 
      r"idx: no index there to change.*build it first", None),
     ("--add to an index whose version is gone",
      lambda t, m: _index_args(t, _built(t, m, lambda v: __import__("shutil").rmtree(v)), _docs(t), add=True), 2,
-     r"CURRENT names version 'v-.*', which is not there: the index is damaged; rebuild it", None),
+     r"CURRENT names version 'v-.*', which is not there: the index is damaged; rebuild the index", None),
     ("--add to an index with cut embeddings",
      lambda t, m: _index_args(t, _built(t, m, lambda v: (v / "embeddings.npy").write_bytes(b"\x93NUMPY")), _docs(t),
                               add=True), 2, r"embeddings.npy: damaged.*rebuild the index", None),
@@ -430,21 +434,25 @@ def test_bad_documents_and_indexes(tmp_path, tiny_model, runner, case):
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
 
 
+def _without_root_override() -> list[str]:
+    """The prefix of a command that file permissions apply to: root reads and writes any file, so as root
+    the command runs without the capabilities that override them (skipped where setpriv is missing)."""
+    caps = "-dac_override,-dac_read_search"
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv"):
+        return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--"]
+    pytest.skip("root without setpriv reads and writes files whatever their permissions")
+
+
 def test_unreadable_files_for_lack_of_permission_are_named(tmp_path, tiny_model):
-    """chmod 000 on a file and a subfolder: both named, the rest indexed, exit 1. Root reads any file, so as
-    root the command runs without the capabilities that override file permissions."""
+    """chmod 000 on a file and a subfolder: both named, the rest indexed, exit 1."""
     docs = _docs(tmp_path, {"locked.txt": b"you may not read this"})
     (docs / "sub").mkdir()
     (docs / "sub" / "inner.txt").write_text("nor this")
+    prefix = _without_root_override()
     os.chmod(docs / "locked.txt", 0)
     os.chmod(docs / "sub", 0)
-    caps = "-dac_override,-dac_read_search"
-    if os.geteuid() != 0:
-        prefix = []
-    elif shutil.which("setpriv"):
-        prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--"]
-    else:
-        pytest.skip("root without setpriv reads files whatever their permissions")
     try:
         run = subprocess.run([*prefix, sys.executable, "-m", "spanqa", "index", str(docs), "--out",
                               str(tmp_path / "idx"), "--embedding-model", str(tiny_model)],
@@ -457,7 +465,49 @@ def test_unreadable_files_for_lack_of_permission_are_named(tmp_path, tiny_model)
     assert re.search(r"locked.txt: cannot read it \(Permission denied\)", run.stderr), run.stderr
     assert re.search(r"sub: cannot list this folder \(Permission denied\)", run.stderr), run.stderr
     assert "Traceback" not in run.stderr and "1 documents" in run.stdout
+    assert "what it held of these before" not in run.stderr  # a new index: nothing was held before
     assert sorted(_indexed_texts(tmp_path)) == [GOOD_DOC]
+
+
+def test_a_read_only_index_folder_is_named_for_lack_of_permission(tmp_path, tiny_model):
+    """An index folder this user may not write to: a new index and --add are refused before any work (exit
+    2, the folder named, no traceback), and so is taking its write lock; the index stays as it was."""
+    out = _built(tmp_path, tiny_model)
+    (out / ".lock").unlink()  # the lock file is created again by the next writer: here it cannot be
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    prefix = _without_root_override()
+    lock = "import sys\nfrom spanqa.retrieval.layout import writing\nwith writing(sys.argv[1]): pass"
+    os.chmod(out, 0o555)
+    try:
+        runs = [subprocess.run([*prefix, sys.executable, *args], capture_output=True, text=True, timeout=300)
+                for args in (["-m", "spanqa", *_index_args(tmp_path, tiny_model, tmp_path / "docs")],
+                             ["-m", "spanqa", *_index_args(tmp_path, tiny_model, tmp_path / "docs", add=True)],
+                             ["-c", lock, str(out)])]
+    finally:
+        os.chmod(out, 0o755)
+    for run in runs[:2]:
+        assert run.returncode == 2, run.stderr
+        assert "Traceback" not in run.stderr, run.stderr
+        assert re.search(rf"{re.escape(str(out))}: cannot write the index there \(it is read-only", run.stderr), run.stderr
+    assert re.search(rf"CollectionError: {re.escape(str(out))}: cannot write the index there \(Permission denied: "
+                     rf"{re.escape(str(out / '.lock'))}\)", runs[2].stderr), runs[2].stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_corpus_file_without_read_permission_is_named(tmp_path):
+    """`spanqa tokenizer train` (and pretrain: both read through iter_documents) over a folder with an
+    unreadable file stops with a message naming it (exit 2), not a PermissionError traceback."""
+    docs = _docs(tmp_path, {"locked.txt": b"you may not read this"})
+    prefix = _without_root_override()
+    os.chmod(docs / "locked.txt", 0)
+    try:
+        run = subprocess.run([*prefix, sys.executable, "-m", "spanqa", "tokenizer", "train", str(docs), "--out",
+                              str(tmp_path / "tok"), "--vocab-size", "100"], capture_output=True, text=True, timeout=300)
+    finally:
+        os.chmod(docs / "locked.txt", 0o644)
+    assert run.returncode == 2, run.stderr
+    assert re.search(r"locked.txt: cannot read it \(Permission denied\)", run.stderr), run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
 
 
 # --- random input: only the loaders' own errors ---------------------------------------------------------

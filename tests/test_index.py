@@ -327,46 +327,109 @@ def test_an_index_in_the_layout_before_versions_is_read_then_moved(index, tmp_pa
 
 
 def test_readers_see_a_whole_index_while_saves_replace_it(index, tmp_path):
+    """Loads while another thread saves the two indexes in turn: each load is one whole version. The writer
+    starts after the first load and goes on until the reader has loaded several times and seen both."""
     import threading
 
     (tmp_path / "one.txt").write_text(PENGUINS)
     small, _ = Index.build([tmp_path / "one.txt"], embedder=index.embedder())
     folder = small.save(tmp_path / "idx")
-    done = threading.Event()
+    first_load, done = threading.Event(), threading.Event()
+    loads, seen, errors = [], set(), []
 
     def writer():
-        for i in range(15):
-            (index if i % 2 else small).save(folder)
-        done.set()
+        try:
+            assert first_load.wait(timeout=60)
+            for i in range(1000):
+                if done.is_set() or (i >= 15 and len(loads) > 5 and len(seen) == 2):  # set: the reader failed
+                    break
+                (index if i % 2 else small).save(folder)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
-    seen = set()
-    while not done.is_set():
-        loaded = Index.load(folder)  # never missing, never passages of one version with vectors of another
-        assert loaded.passages in (small.passages, index.passages)
-        seen.add(len(loaded.passages))
-    thread.join()
-    assert seen
+    try:
+        while not done.is_set():
+            loaded = Index.load(folder)  # never missing, never passages of one version with vectors of another
+            assert loaded.passages in (small.passages, index.passages)
+            seen.add(len(loaded.passages))
+            loads.append(1)
+            first_load.set()
+    finally:
+        first_load.set()
+        done.set()
+        thread.join()
+    assert not errors, errors
+    assert len(loads) > 5 and seen == {len(small.passages), len(index.passages)}
 
 
 def test_a_second_writer_waits_for_the_first(tmp_path):
-    import time
-
+    """The holder keeps the lock until the waiting writer has said whom it waits for."""
     from spanqa.retrieval.layout import LOCK, writing
 
     folder = tmp_path / "idx"
     folder.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\n"
                                f"fd = os.open({str(folder / LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
                                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
-                               "print('held', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    told, t0 = [], time.perf_counter()
-    with writing(folder, on_wait=told.append):
-        waited = time.perf_counter() - t0
-    holder.wait()
-    assert waited > 0.5 and told and f"pid {holder.pid}" in told[0]
+                               "print('held', flush=True); sys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    told = []
+
+    def on_wait(message: str) -> None:
+        told.append(message)
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with writing(folder, on_wait=on_wait):
+            pass
+    finally:
+        holder.stdin.close()  # releases it in any case
+        holder.wait(timeout=60)
+    assert told == [f"{folder}: another process (pid {holder.pid}) is writing this index; waiting for it"]
+
+
+def test_a_file_system_without_locks_or_folder_sync(index, tmp_path, monkeypatch):
+    """flock failing (ENOLCK on NFS without lockd) is a CollectionError naming the folder; a folder's fsync
+    failing with EINVAL (CIFS, some FUSE) does not stop a save."""
+    import errno
+    import fcntl
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    folder = index.save(tmp_path / "idx")
+    assert Index.load(folder).passages == index.passages
+
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(CollectionError, match=rf"{folder}: cannot lock it \(No locks available\); .*local disk"):
+        index.save(folder)
+
+
+def test_index_folders_among_documents_are_skipped_but_not_a_lone_index_json(index, tmp_path):
+    """An index kept in the documents' folder is no document; a folder whose index.json is a document is read."""
+    docs = tmp_path / "docs"
+    (docs / "records").mkdir(parents=True)
+    (docs / "records" / "index.json").write_text(json.dumps([{"text": "Green tea is made from leaves."}]))
+    index.save(docs / "idx")
+    old = docs / "old-idx"  # the layout before versions
+    shutil.copytree(docs / "idx" / (docs / "idx" / "CURRENT").read_text().strip(), old)
+    found, _ = read_documents([docs])
+    assert [d.text for d in found] == ["Green tea is made from leaves."]
 
 
 def dead_pid() -> int:

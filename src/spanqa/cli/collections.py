@@ -58,7 +58,7 @@ def index_cmd(docs: list[Path] = typer.Argument(None, help="Files or folders: .t
           + (f"; {done.documents} documents written" if done is not None else "")
           + (f"; {removed} passages deleted" if delete else ""))
     if done is not None and done.unreadable:
-        _report_unreadable(done.unreadable, where, out is not None)
+        _report_unreadable(done.unreadable, where, out is not None, kept_old=bool(add or update or delete))
 
 
 def _index_folder(out: Path, docs: list[Path], delete: list[str], add: bool, update: bool, settings,
@@ -76,7 +76,7 @@ def _index_folder(out: Path, docs: list[Path], delete: list[str], add: bool, upd
         return done, 0, target.info()
     if not layout.is_index(out):  # never a new index of only these documents in place of a lost one
         raise CollectionError(f"{out}: no index there to change (--add, --update and --delete change an existing "
-                              f"index); build it first with `spanqa index DOCS --out {out}`")
+                              f"index); {layout.rebuild_hint(out, 'build it first')}")
     with layout.writing(out, on_wait=lambda message: _print_notes([message])):  # one writer at a time
         target = Index.load(out)
         removed = _delete(target, delete)
@@ -118,10 +118,12 @@ def _ingest(target, docs: list[Path], settings, embedding_model: str, field: str
     return done
 
 
-def _report_unreadable(problems: list[str], where, folder: bool) -> None:
-    """Name every file that could not be read, then exit 1: the others are indexed and saved."""
+def _report_unreadable(problems: list[str], where, folder: bool, kept_old: bool) -> None:
+    """Name every file that could not be read, then exit 1: the others are indexed and saved (beside what
+    the collection held before when `kept_old`: --add, --update, --delete; a new index holds only these)."""
+    before = " (and what it held of these before)" if kept_old else ""
     console.print(Text.assemble(("error:", "bold red"), f" {len(problems)} file(s) could not be read; {where} "
-                                "holds the other documents (and what it held of these before):"), highlight=False)
+                                f"holds the other documents{before}:"), highlight=False)
     for problem in problems:
         console.print(Text("  " + problem), highlight=False)
     target = f"--out {where}" if folder else "--store URL"

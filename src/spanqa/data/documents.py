@@ -60,16 +60,23 @@ def keep_documents(docs: Iterable[Document], seen: set[str], notes: list[str]) -
 
 def iter_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[Document]:
     """Every document of the files (folders walked, in name order), one file at a time: a corpus of any
-    size streams through in bounded memory (only a single PDF or JSON file is held whole)."""
+    size streams through in bounded memory (only a single PDF or JSON file is held whole). A file that
+    cannot be read (damaged, not UTF-8, permission denied, ...) stops it with CollectionError naming the
+    file: a corpus is read whole, never silently in part."""
     for path in document_files(paths):
-        yield from _read_file(path, field)
+        yield from _checked(path, field)
 
 
 def read_file(path: Path, field: str = "text") -> list[Document]:
     """All documents of one file, or CollectionError naming it and the reason (damaged, not UTF-8,
     permission denied, ...): a file is indexed whole or not at all."""
+    return list(_checked(path, field))
+
+
+def _checked(path: Path, field: str) -> Iterator[Document]:
+    """The documents of `_read_file`, an OSError (permission denied, ...) raised as CollectionError naming the file."""
     try:
-        return list(_read_file(path, field))
+        yield from _read_file(path, field)
     except OSError as e:
         raise CollectionError(f"{path}: cannot read it ({e.strerror or e}); check that it exists and that "
                               "you may read it") from None
@@ -156,12 +163,13 @@ def _walk(root: Path, notes: list[str] | None, unreadable: list[str] | None) -> 
 
 
 def _is_index_folder(folder: Path) -> bool:
-    """A `spanqa index` folder (this layout or the one before); False for one that cannot be looked into
-    (os.walk then names it as unreadable)."""
+    """A `spanqa index` folder (see `layout.is_index`); False for one that cannot be looked into (os.walk
+    then names it as unreadable)."""
+    from spanqa.retrieval import layout  # here: layout imports this module
+
     try:
-        return (folder / "CURRENT").is_file() or ((folder / "index.json").is_file()
-                                                  and (folder / "embeddings.npy").is_file())
-    except OSError:  # pathlib raises PermissionError here (it ignores only "no such file")
+        return layout.is_index(folder)
+    except CollectionError:
         return False
 
 

@@ -186,7 +186,7 @@ class Index:
             if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
                 found = meta.get("format") if isinstance(meta, dict) else None
                 raise CollectionError(f"{where}: index format {found}, this spanqa reads {INDEX_FORMAT}; "
-                                      f"rebuild it with `spanqa index DOCS --out {folder}`")
+                                      f"{layout.rebuild_hint(folder)}")
             where = version / "passages.jsonl"
             passages = [Passage(**json.loads(line)) for line in files[1]]
             where = version / "embeddings.npy"
@@ -194,15 +194,14 @@ class Index:
         except CollectionError:
             raise
         except (ValueError, TypeError, EOFError, OSError) as e:  # cut short, flipped bytes, not ours
-            raise CollectionError(f"{where}: damaged ({str(e)[:200]}); rebuild the index with "
-                                  f"`spanqa index DOCS --out {folder}`") from None
+            raise CollectionError(f"{where}: damaged ({str(e)[:200]}); {layout.rebuild_hint(folder)}") from None
         finally:
             for f in files:
                 f.close()
         if embeddings.ndim != 2 or len(embeddings) != len(passages) or meta.get("passage_count") != len(passages):
             raise CollectionError(f"{version}: damaged ({len(passages)} passages, embeddings of shape "
-                                  f"{embeddings.shape}, index.json says {meta.get('passage_count')}); rebuild the "
-                                  f"index with `spanqa index DOCS --out {folder}`")
+                                  f"{embeddings.shape}, index.json says {meta.get('passage_count')}); "
+                                  f"{layout.rebuild_hint(folder)}")
         index = cls(meta, passages, embeddings, embedder)
         if embedder is not None:
             index.check_embedder(embedder)
@@ -259,7 +258,8 @@ class Index:
         if removed:
             kept = [self.passages[i] for i in keep]
             left = {p.path for p in kept}  # a file with no document left is forgotten: adding it again reads it
-            files = {f: sig for f, sig in self.files().items() if f in left or f not in {k[0] for k in gone}}
+            emptied = {k[0] for k in gone} - left
+            files = {f: sig for f, sig in self.files().items() if f not in emptied}
             self._set(kept, self.embeddings[keep], {**self.meta, "files": files})
         return removed
 

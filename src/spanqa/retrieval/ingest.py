@@ -159,11 +159,12 @@ def matching_documents(store: DocumentStore, names: Sequence[str]) -> tuple[list
     """The stored documents named by `names` (a document id, or a file path: all of its documents),
     and the names that match none."""
     known = store.documents()
+    real = {path: Path(path).resolve() for path, _ in known}  # once, not once a name
     keys: dict[DocKey, None] = {}
     unmatched = []
     for name in names:
         resolved = Path(name).resolve()
-        found = [k for k in known if name in (k[1], k[0]) or Path(k[0]).resolve() == resolved]
+        found = [k for k in known if name in (k[1], k[0]) or real[k[0]] == resolved]
         if not found:
             unmatched.append(name)
         keys.update(dict.fromkeys(sorted(found)))

@@ -17,7 +17,7 @@ in DIR) is still read, and the first save moves it into a version.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import glob
 import os
 import re
@@ -40,9 +40,10 @@ _held_guard = threading.Lock()
 
 
 def is_index(folder: Path) -> bool:
-    """Does `folder` hold an index (this layout, or the files of the one before)?"""
+    """Does `folder` hold an index (this layout, or the files of the one before: a lone index.json is
+    no index, it may be a document)?"""
     try:
-        return (folder / CURRENT).is_file() or (folder / FILES[0]).is_file()
+        return (folder / CURRENT).is_file() or ((folder / FILES[0]).is_file() and (folder / FILES[2]).is_file())
     except OSError as e:  # pathlib ignores only "no such file"
         raise CollectionError(f"{folder}: cannot look into it ({e.strerror}); check its permissions") from None
 
@@ -58,6 +59,8 @@ def check_target(folder: Path) -> None:
         raise CollectionError(f"{folder}: cannot look into it ({e.strerror}); check its permissions") from None
     if not folder.is_dir():
         raise CollectionError(f"{folder}: a file, not an index folder; give --out a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):  # before any work, not after the embedding
+        raise CollectionError(_cannot_write(folder, "it is read-only, or not yours to write"))
     if not is_index(folder):
         others = sorted(p.name for p in folder.iterdir() if not _ours(p.name))
         if others:
@@ -71,14 +74,18 @@ def writing(folder: Path, on_wait: Callable[[str], None] | None = None) -> Itera
     """Hold the folder's write lock (waiting for another writer: `on_wait` is told who); re-entrant
     within a process. Two `--add` runs at once would each save their own additions and lose the other's."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = (folder.resolve(), threading.get_ident())
-    with _held_guard:
-        if key in _held:
-            _held[key] += 1
-            fd = None
-        else:
-            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl = _fcntl(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        key = (folder.resolve(), threading.get_ident())
+        with _held_guard:
+            if key in _held:
+                _held[key] += 1
+                fd = None
+            else:
+                fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:  # a read-only folder or file system, or one this user may not write to
+        raise CollectionError(_cannot_write(folder, _reason(e))) from None
     if fd is None:
         try:
             yield
@@ -88,14 +95,22 @@ def writing(folder: Path, on_wait: Callable[[str], None] | None = None) -> Itera
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                on_wait(f"{folder}: another process (pid {holder}) is writing this index; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)  # who holds it, for the message above
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    on_wait(f"{folder}: another process (pid {holder}) is writing this index; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a network or FUSE file system without locks
+            raise CollectionError(f"{folder}: cannot lock it ({e.strerror}); its file system may not support "
+                                  "locks (NFS without lockd, SMB, FUSE): build the index on a local disk, then "
+                                  "copy the folder there") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)  # who holds it, for the message above
+        except OSError as e:
+            raise CollectionError(_cannot_write(folder, _reason(e))) from None
         with _held_guard:
             _held[key] = 1
         try:
@@ -121,7 +136,7 @@ def current(folder: Path) -> Path:
         if name == before:  # named twice, missing both times: not a writer's switch in between
             break
     raise CollectionError(f"{folder / CURRENT} names version {name!r}, which is not there: the index is damaged; "
-                          f"{_rebuild(folder)}")
+                          f"{rebuild_hint(folder)}")
 
 
 def _pointer(folder: Path) -> str | None:
@@ -134,9 +149,9 @@ def _pointer(folder: Path) -> str | None:
             return None
         raise CollectionError(_no_index(folder)) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise CollectionError(f"{pointer}: cannot read it ({e}); {_rebuild(folder)}") from None
+        raise CollectionError(f"{pointer}: cannot read it ({e}); {rebuild_hint(folder)}") from None
     if not name.startswith("v-") or "/" in name:
-        raise CollectionError(f"{pointer} names {name!r}, not a version: the index is damaged; {_rebuild(folder)}")
+        raise CollectionError(f"{pointer} names {name!r}, not a version: the index is damaged; {rebuild_hint(folder)}")
     return name
 
 
@@ -154,11 +169,11 @@ def open_files(folder: Path) -> tuple[Path, list[BinaryIO]]:
             for h in handles:
                 h.close()
             if current(folder) == version:  # not a writer's switch: the file is missing from the version
-                raise CollectionError(f"{e.filename}: missing, the index is damaged; {_rebuild(folder)}") from None
+                raise CollectionError(f"{e.filename}: missing, the index is damaged; {rebuild_hint(folder)}") from None
         except OSError as e:
             for h in handles:
                 h.close()
-            raise CollectionError(f"{e.filename}: cannot read it ({e.strerror}); {_rebuild(folder)}") from None
+            raise CollectionError(f"{e.filename}: cannot read it ({e.strerror}); {rebuild_hint(folder)}") from None
     raise CollectionError(f"{folder}: the index kept changing while it was read; try again")
 
 
@@ -168,20 +183,23 @@ def save_version(folder: Path, write: Callable[[Path], None]) -> Path:
     folder = Path(folder)
     check_target(folder)
     with writing(folder):
-        _sweep(folder)
-        name = f"v-{time.time_ns():x}-{os.getpid()}"
-        staging = folder / f"{name}.tmp{os.getpid()}"
-        staging.mkdir()
-        write(staging)
-        for f in staging.iterdir():  # on disk before CURRENT names them (a power cut, not only a kill)
-            _fsync(f)
-        _fsync(staging)
-        os.rename(staging, folder / name)
-        _fsync(folder)
-        atomic_write_text(folder / CURRENT, name + "\n")
-        _fsync(folder)
-        _sweep(folder)
-        _sweep_before_versions(folder)
+        try:
+            _sweep(folder)
+            name = f"v-{time.time_ns():x}-{os.getpid()}"
+            staging = folder / f"{name}.tmp{os.getpid()}"
+            staging.mkdir()
+            write(staging)
+            for f in staging.iterdir():  # on disk before CURRENT names them (a power cut, not only a kill)
+                _fsync(f)
+            _fsync(staging)
+            os.rename(staging, folder / name)
+            _fsync(folder)
+            atomic_write_text(folder / CURRENT, name + "\n")
+            _fsync(folder)
+            _sweep(folder)
+            _sweep_before_versions(folder)
+        except OSError as e:  # the current version is as it was; what was staged goes with the next save
+            raise CollectionError(_cannot_write(folder, _reason(e))) from None
     return folder
 
 
@@ -225,19 +243,42 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:  # some file systems (CIFS, some FUSE) cannot sync a folder: nothing more to do there
+        if not (e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF) and path.is_dir()):
+            raise
     finally:
         os.close(fd)
 
 
-def _rebuild(folder: Path) -> str:
-    return f"rebuild it with `spanqa index DOCS --out {folder}`"
+def _fcntl(folder: Path):
+    """The fcntl module, for the write lock; CollectionError where the platform has none (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        raise CollectionError(f"{folder}: writing an index folder needs file locks (fcntl), which this platform "
+                              "lacks; build the index on Linux or macOS (WSL on Windows), then copy it") from None
+    return fcntl
+
+
+def _cannot_write(folder: Path, reason: str) -> str:
+    return (f"{folder}: cannot write the index there ({reason}); check that you may write to it and that its "
+            "file system is not read-only and has room, or give --out another folder")
+
+
+def _reason(e: OSError) -> str:
+    return f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
+
+
+def rebuild_hint(folder: Path, how: str = "rebuild the index") -> str:
+    """`how` with the command that builds an index in `folder`, for the end of a message."""
+    return f"{how} with `spanqa index DOCS --out {folder}`"
 
 
 def _no_index(folder: Path) -> str:
     legacy = folder.with_name(f".{folder.name}.old")
     if is_index(legacy):  # what a kill between the two renames of an earlier spanqa left
         return (f"{folder}: no index, but {legacy} holds the one a killed save left; move it back "
-                f"(mv {legacy} {folder}) or rebuild it with `spanqa index DOCS --out {folder}`")
+                f"(mv {legacy} {folder}) or {rebuild_hint(folder, 'rebuild it')}")
     if not folder.exists():
-        return f"{folder}: no such index folder; build one with `spanqa index DOCS --out {folder}`"
-    return f"{folder}: not an index folder (no {CURRENT} or {FILES[0]}); build one with `spanqa index DOCS --out {folder}`"
+        return f"{folder}: no such index folder; {rebuild_hint(folder, 'build one')}"
+    return f"{folder}: not an index folder (no {CURRENT} or {FILES[0]}); {rebuild_hint(folder, 'build one')}"
