@@ -494,15 +494,18 @@ def test_a_read_only_index_folder_is_named_for_lack_of_permission(tmp_path, tiny
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_a_corpus_file_without_read_permission_is_named(tmp_path):
-    """`spanqa tokenizer train` (and pretrain: both read through iter_documents) over a folder with an
-    unreadable file stops with a message naming it (exit 2), not a PermissionError traceback."""
+@pytest.mark.parametrize("command", [["tokenizer", "train", "{docs}", "--out", "{tmp}/tok", "--vocab-size", "100"],
+                                     ["pretrain", "{docs}", "--output-dir", "{tmp}/mlm", "--max-steps", "1"]])
+def test_a_corpus_file_without_read_permission_is_named(tmp_path, command):
+    """`spanqa tokenizer train` and `pretrain` over a folder with an unreadable file stop with a message
+    naming it (exit 2), not a PermissionError traceback."""
     docs = _docs(tmp_path, {"locked.txt": b"you may not read this"})
     prefix = _without_root_override()
     os.chmod(docs / "locked.txt", 0)
+    args = [a.format(docs=docs, tmp=tmp_path) for a in command]
     try:
-        run = subprocess.run([*prefix, sys.executable, "-m", "spanqa", "tokenizer", "train", str(docs), "--out",
-                              str(tmp_path / "tok"), "--vocab-size", "100"], capture_output=True, text=True, timeout=300)
+        run = subprocess.run([*prefix, sys.executable, "-m", "spanqa", *args], capture_output=True, text=True,
+                             timeout=300)
     finally:
         os.chmod(docs / "locked.txt", 0o644)
     assert run.returncode == 2, run.stderr

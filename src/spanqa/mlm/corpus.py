@@ -42,7 +42,7 @@ def packed_sequences(paths: list[str | Path], tokenizer, max_seq_length: int = 1
     if max_seq_length < 8:
         raise ValueError("max_seq_length must be >= 8 for masked-LM sequences")
     files = list(document_files(paths))  # raises CollectionError naming a missing or unsupported file
-    identity = [CORPUS_FORMAT, [(str(f), file_sha256(f)) for f in files], field,
+    identity = [CORPUS_FORMAT, [(str(f), _sha256(f)) for f in files], field,
                 fingerprint_tokenizer(tokenizer), max_seq_length]
     final = cache_folder("mlm", identity, cache_dir)
     if not is_cached(final):
@@ -136,3 +136,12 @@ def _rows_to_table(rows: list[tuple[np.ndarray, np.ndarray]], length: int, cls: 
         word_start[r, 1:k + 1] = starts
         word_start[r, 1] = True  # a row cut inside a word: its first token opens the row's first "word"
     return Sequences(input_ids, attention, word_start)
+
+
+def _sha256(path) -> str:
+    """The file's sha256 (the cache key), or a CollectionError naming a file that cannot be read."""
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise CollectionError(f"{path}: cannot read it ({e.strerror or e}); fix its permissions or leave it out "
+                              "of the corpus") from None
