@@ -53,6 +53,20 @@ def test_a_time_budget_ends_on_time_with_outputs_written(tmp_path, tiny_model):
         assert (tmp_path / "out" / name).exists(), name
 
 
+def test_the_time_to_accuracy_clock_excludes_every_evaluation_the_final_one_included(tmp_path, tiny_model):
+    cfg = TrainConfig(model=str(tiny_model), train_file=str(write_people(tmp_path / "t.json", 24)),
+                      dev_file=str(write_people(tmp_path / "d.json", 6, offset=100)), output_dir=str(tmp_path / "out"),
+                      max_seq_length=64, doc_stride=16, max_query_length=16, batch_size=4, max_steps=5, epochs=0,
+                      eval_steps=2, precision="fp32")
+    metrics = train(cfg)
+    evals = [h for h in json.loads((tmp_path / "out" / "history.json").read_text()) if "f1" in h]
+    assert [h["step"] for h in evals] == [2, 4, 5]  # the last one after the loop
+    assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(evals, evals[1:]))
+    training_only = metrics["train_seconds"] - metrics["eval_seconds_while_training"]
+    assert evals[-1]["train_seconds"] == pytest.approx(training_only, abs=1e-6)
+    assert evals[-1]["elapsed"] == pytest.approx(metrics["train_seconds"] + evals[-1]["eval_seconds"], abs=1e-6)
+
+
 def test_resuming_a_finished_run_evaluates_and_writes_it_again(tmp_path, tiny_model):
     """What `spanqa quickstart` (./run.sh) does when run a second time."""
     cfg = TrainConfig(model=str(tiny_model), train_file=str(write_people(tmp_path / "t.json", 8)),

@@ -228,7 +228,8 @@ def _finish(task: Task, model, state: TrainState, out: Path, evaluated: Any | No
     if evaluated is None:
         t0 = time.perf_counter()
         metrics, evaluated = task.evaluate(model, autocast)
-        state.history.append(_eval_entry(state, state.elapsed, time.perf_counter() - t0, metrics))
+        seconds = time.perf_counter() - t0  # elapsed, as for the evaluations while training, includes this one
+        state.history.append(_eval_entry(state, state.elapsed + seconds, seconds, metrics))
     else:
         metrics = {k: v for k, v in state.history[-1].items() if k not in EVAL_KEYS}
     extra = task.finish(model, out, metrics, evaluated)
