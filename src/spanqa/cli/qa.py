@@ -25,7 +25,7 @@ from spanqa.cli.common import (
 
 @app.command("train")
 def train_cmd(
-    recipe: Optional[str] = typer.Option(None, help="Named recipe: cpu-fast, full, biobert, distilbert"),
+    recipe: Optional[str] = typer.Option(None, help="Named recipe: cpu-fast, cpu-30m, full, domain, biobert, distilbert"),
     config: Optional[str] = typer.Option(None, help="YAML file with the same keys as the flags"),
     model: Optional[str] = typer.Option(None, help="Encoder: HF model folder or id (default: packaged all-MiniLM-L6-v2)"),
     train_file: Optional[str] = typer.Option(None, help="Training data (default: train-v1.1 in $SPANQA_DATA)"),
