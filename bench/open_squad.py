@@ -15,7 +15,7 @@ embeddings and searched with the same query embeddings (`retrieve`), so that the
 differ only by the stores' search; embeddings are cached under $SPANQA_CACHE/bench (computed once:
 ~7 min of 2 CPU cores for passages and questions). Reports recall@1/5/20 per mode and store, how
 often the two stores' top 5 are the same passages, and (unless --read-questions 0) the end-to-end
-EM/F1 with the PostgreSQL store. Its timings are recorded but are only meaningful on a quiet machine.
+EM/F1 of one reader over each store (and on the gold paragraph). Its timings are recorded but are only meaningful on a quiet machine.
 """
 
 from __future__ import annotations
@@ -132,13 +132,14 @@ def compare_stores(args) -> None:
                   flush=True)
         result["same_top5_passages"] = same_top5
         if args.read_questions > 0:
-            result["reading"] = read_end_to_end(args, pg, gold)
+            result["reading"] = read_end_to_end(args, {"in_process": memory, "postgres": pg}, gold)
     print(json.dumps(result, indent=2))
     save_result(args.name, result)
 
 
-def read_end_to_end(args, store, gold) -> dict:
-    """EM/F1 of retrieve (hybrid, top `--passages`) + read over `store`, and of the gold paragraph."""
+def read_end_to_end(args, stores: dict, gold) -> dict:
+    """EM/F1 of the reader on the gold paragraph and of retrieve (hybrid, top `--passages`) + read over each
+    of `stores`, the same reader and questions."""
     from spanqa.qa.collection import ask_collection_many
     from spanqa.qa.evaluate import as_squad_data
     from spanqa.qa.metrics import squad_v1
@@ -150,16 +151,19 @@ def read_end_to_end(args, store, gold) -> dict:
     examples = load_dataset(DEV).examples[:n]
     data = as_squad_data(examples)
     v1 = replace(reader.settings.decoding, version_2=False)
-    gold_preds = {p.id: p.text for p in reader.predict(examples, v1)}
-    answers = ask_collection_many(reader, store, [e.question for e in examples], 1, args.passages, "hybrid",
-                                  allow_no_answer=False)
-    open_preds = {e.id: (a[0].text if a else "") for e, a in zip(examples, answers)}
-    gold_scores, open_scores = squad_v1(data, gold_preds), squad_v1(data, open_preds)
-    return {"questions": n, "passages_read_per_question": args.passages, "reader": args.model,
-            "gold_paragraph": gold_scores, "retrieve_then_read_hybrid": open_scores,
-            "f1_ratio": open_scores["f1"] / gold_scores["f1"],
+    gold_scores = squad_v1(data, {p.id: p.text for p in reader.predict(examples, v1)})
+    result = {"questions": n, "passages_read_per_question": args.passages, "reader": args.model,
+              "gold_paragraph": gold_scores}
+    for name, store in stores.items():
+        answers = ask_collection_many(reader, store, [e.question for e in examples], 1, args.passages, "hybrid",
+                                      allow_no_answer=False)
+        scores = squad_v1(data, {e.id: (a[0].text if a else "") for e, a in zip(examples, answers)})
+        result[f"retrieve_then_read_hybrid_{name}"] = {
+            **scores, "f1_ratio": scores["f1"] / gold_scores["f1"],
             "answer_from_gold_paragraph": float(np.mean([a[0].doc_id == g if a else False
                                                          for a, g in zip(answers, gold[:n])]))}
+        print(name, result[f"retrieve_then_read_hybrid_{name}"], flush=True)
+    return result
 
 
 def main() -> None:
