@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
+_TEMPORARY = r"\.tmp(\d+)\.[^./]*\.tmp"  # what atomic_write_bytes names its temporary: .NAME.tmpPID.RANDOM.tmp
+
+
+def remove_stale_writes(folder: str | Path) -> list[Path]:
+    """Remove the temporaries of atomic writes into `folder` whose writer was killed (any file name): a
+    file that is not written again (a finished run's latest.json) would otherwise keep its leftover."""
+    return remove_stale(Path(folder), re.compile(rf"\..+{_TEMPORARY}"))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path`. The file gets the mode a
     plain `open(path, "w")` gives (its old mode, else 0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)\..*\.tmp"))
+    remove_stale(path.parent, re.compile(rf"\.{re.escape(path.name)}{_TEMPORARY}"))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp{os.getpid()}.", suffix=".tmp")
     try:
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from spanqa.data.cache import file_sha256
-from spanqa.files import atomic_write_json, read_json, remove_stale
+from spanqa.files import atomic_write_json, read_json, remove_stale, remove_stale_writes
 from spanqa.training.config import ConfigError, LoopConfig
 
 CHECKPOINTS = "checkpoints"
@@ -83,9 +83,12 @@ def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -
                           CheckpointWarning, stacklevel=2)
     wait()
     root = out / CHECKPOINTS
+    if is_main:  # what a killed run's atomic writes left (latest.json, outputs), also when nothing is written again
+        remove_stale_writes(out)
     if is_main and root.is_dir():
         # a killed save leaves .tmp-checkpoint-N: older than this run, so nobody is writing it
         remove_stale(root, re.compile(r"\.tmp-checkpoint-\d+"), older_than=time.time())
+        remove_stale_writes(root)
         if not config.resume:
             for folder in existing:
                 shutil.rmtree(folder, ignore_errors=True)
