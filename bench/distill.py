@@ -1,8 +1,10 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
-    python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
+    python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3] [--from-teacher]
 
-1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced) and trained on the
+1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
+   of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
+   sentence-embedding ones) and trained on the
    same first `--questions` train-v1.1 questions for one epoch (the same steps, seed and settings): one
    on the gold spans only, one with `--teacher` (KL at T=2 mixed 50/50 with the gold loss). Every run is
    a `spanqa train` command, printed before it runs; a finished run is skipped, an interrupted one resumed.
@@ -61,9 +63,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--read-questions", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
     args = ap.parse_args()
 
     settings = [a.format(layers=args.layers, questions=args.questions) for a in STUDENT]
+    if args.from_teacher:
+        settings += ["--model", args.teacher]
     students = {"student": args.work / f"student-{args.layers}l", "distilled": args.work / f"distilled-{args.layers}l"}
     spanqa(["train", *settings, "--output-dir", str(students["student"])], students["student"] / "metrics.json")
     spanqa(["train", *settings, "--teacher", args.teacher, "--output-dir", str(students["distilled"])],
@@ -96,7 +101,7 @@ def main() -> None:
                                   for path in ("torch_fp32", "onnx_int8")}
     print_report(speed, "questions/s")
     result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
-              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
+              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers, "from_teacher": args.from_teacher,
               "questions": args.questions, "read_questions": len(examples),
               "student_command": "spanqa train " + shlex.join(settings),
               "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
