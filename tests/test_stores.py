@@ -230,9 +230,33 @@ def test_postgres_reopens_a_versioned_schema(pg_url):
             assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
             plans = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'reopen'").fetchall()
         assert any("hnsw" in p[0] and "vector_cosine_ops" in p[0] for p in plans)
-        assert any("gin" in p[0] and "terms" in p[0] for p in plans)
+        assert any("postings_pkey" in p[0] and "(term, passage) INCLUDE (tf, length)" in p[0] for p in plans)
     with pytest.raises(CollectionError, match="embedding model 'toy'"):
         PostgresStore(pg_url, schema="reopen", embedder=ToyEmbedder("other"))
+
+
+def test_postgres_migrates_a_version_1_schema_to_postings(pg_url):
+    """A store written by spanqa with schema 1 (terms found through a GIN index, no postings) is
+    migrated on connect: its postings are rebuilt from the stored terms, the searches are the same."""
+    from spanqa.retrieval.postgres import MIGRATIONS, PostgresStore
+
+    ps = passages(TEXTS)
+    with PostgresStore(pg_url, schema="old") as store:
+        store.add(ps, embed(ps), EMBEDDER, SETTINGS)
+        before = {mode: [(h.passage.doc_id, h.score) for h in search(store, QUESTIONS["lagos"], 5, mode)]
+                  for mode in ("bm25", "hybrid")}
+        with store.pool.connection() as conn:  # back to what schema 1 was
+            conn.execute("DROP TABLE postings")
+            conn.execute("CREATE INDEX passages_terms ON passages USING gin (terms)")
+            conn.execute("DELETE FROM schema_version WHERE version > 1")
+    assert "postings" not in MIGRATIONS[1]
+    with PostgresStore(pg_url, schema="old") as store:
+        after = {mode: [(h.passage.doc_id, h.score) for h in search(store, QUESTIONS["lagos"], 5, mode)]
+                 for mode in ("bm25", "hybrid")}
+        with store.pool.connection() as conn:
+            postings = conn.execute("SELECT count(*) FROM postings").fetchone()[0]
+            terms = conn.execute("SELECT sum(cardinality(terms)) FROM passages").fetchone()[0]
+    assert after == before and before["bm25"] and postings == terms > 0
 
 
 def test_postgres_search_only_role(pg_url):
