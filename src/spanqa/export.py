@@ -53,7 +53,8 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
         sample = tokenizer(["Who wrote it?", "When?"], ["It was written by a person in a year.", "Now."],
                            padding=True, return_tensors="pt")
     args = tuple(sample[n] for n in names)
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: the final rename stays on one file system
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         fp32 = Path(tmp) / ONNX_FILE
         # The TorchScript exporter gives the graph patterns ONNX Runtime's BERT fusions recognise
         torch.onnx.export(torch_model, args, str(fp32), input_names=names, output_names=list(outputs),
