@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -245,14 +246,23 @@ class PostgresStore:
             if first:
                 conn.execute("CREATE INDEX IF NOT EXISTS passages_embedding ON passages "
                              "USING hnsw (embedding vector_cosine_ops)")
-        with self.pool.connection() as conn:
-            # index-only scans need the new postings marked all-visible, and the planner their statistics;
-            # autovacuum would do both, minutes later. VACUUM cannot run inside a transaction.
-            conn.autocommit = True
-            try:
-                conn.execute("VACUUM (ANALYZE) postings, terms, totals")
-            finally:
-                conn.autocommit = False
+        self._vacuum()
+
+    def _vacuum(self) -> None:
+        """Index-only scans need new postings marked all-visible, and the planner their statistics;
+        autovacuum does both, but minutes later. The write is committed: a failure here only warns."""
+        import psycopg
+
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction
+                try:
+                    conn.execute("VACUUM (ANALYZE) postings, terms, totals")
+                finally:
+                    conn.autocommit = False
+        except psycopg.Error as e:
+            warnings.warn(f"the write is committed, but VACUUM (ANALYZE) failed ({e}); text search may be "
+                          "slower until autovacuum runs", RuntimeWarning, stacklevel=3)
 
     # searching
 
