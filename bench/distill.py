@@ -101,7 +101,8 @@ def main() -> None:
                                   for path in ("torch_fp32", "onnx_int8")}
     print_report(speed, "questions/s")
     result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
-              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers, "from_teacher": args.from_teacher,
+              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
+              "from_teacher": args.from_teacher,
               "questions": args.questions, "read_questions": len(examples),
               "student_command": "spanqa train " + shlex.join(settings),
               "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
