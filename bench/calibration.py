@@ -46,8 +46,8 @@ def read(reader, path: Path, limit: int | None = None):
 
 
 def measure(examples, predictions, calibration) -> dict:
-    from spanqa.qa.calibration import (_log_loss, coverage_curve, example_f1, expected_calibration_error, is_right,
-                                       raw_confidence)
+    from spanqa.qa.calibration import _log_loss, example_f1, is_right, raw_confidence
+    from spanqa.qa.reliability import coverage_curve, expected_calibration_error
 
     right = np.array([is_right(e, p.text) for e, p in zip(examples, predictions)], dtype=float)
     f1 = np.array([example_f1(e, p.text) for e, p in zip(examples, predictions)])

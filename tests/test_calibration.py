@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from spanqa.qa.calibration import (Calibration, coverage_curve, expected_calibration_error, fit_calibration,
-                                   is_right, question_type, raw_confidence, reliability_bins)
+from spanqa.qa.calibration import Calibration, fit_calibration, is_right, raw_confidence
+from spanqa.qa.reliability import coverage_curve, expected_calibration_error, question_type, reliability_bins
 from spanqa.qa.decode import Answer, DecodeSettings, decode
 from spanqa.qa.report import StoredPrediction, find_calibration
 from spanqa.qa.squad import Example

@@ -219,7 +219,8 @@ def test_empty_and_bad_requests(new_store):
 # --- PostgreSQL only -------------------------------------------------------------------------------
 
 def test_postgres_reopens_a_versioned_schema(pg_url):
-    from spanqa.retrieval.postgres import SCHEMA_VERSION, PostgresStore
+    from spanqa.retrieval.postgres import PostgresStore
+    from spanqa.retrieval.postgres_sql import SCHEMA_VERSION
 
     ps = passages(TEXTS)
     with PostgresStore(pg_url, schema="reopen") as first:
@@ -238,7 +239,8 @@ def test_postgres_reopens_a_versioned_schema(pg_url):
 def test_postgres_migrates_a_version_1_schema_to_postings(pg_url):
     """A store written by spanqa with schema 1 (terms found through a GIN index, no postings) is
     migrated on connect: its postings are rebuilt from the stored terms, the searches are the same."""
-    from spanqa.retrieval.postgres import MIGRATIONS, PostgresStore
+    from spanqa.retrieval.postgres import PostgresStore
+    from spanqa.retrieval.postgres_sql import MIGRATIONS
 
     ps = passages(TEXTS)
     with PostgresStore(pg_url, schema="old") as store:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .calibration import (QUESTION_TYPES, Calibration, PredictionLike, coverage_curve, example_f1, fit_calibration,
-                          is_right, question_type, raw_confidence, reliability_bins)
+from .calibration import Calibration, PredictionLike, example_f1, fit_calibration, is_right, raw_confidence
+from .reliability import QUESTION_TYPES, coverage_curve, question_type, reliability_bins
 
 if TYPE_CHECKING:
     from .decode import Answer
