@@ -82,4 +82,13 @@ def test_token_accuracy():
     start = np.array([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0]])
     end = np.array([[0.0, 1.0, 5.0], [0.0, 0.0, 4.0]])
     acc = token_accuracy(start, end, np.array([1, 1]), np.array([2, 2]))
-    assert acc == {"start_accuracy": 0.5, "end_accuracy": 1.0, "span_accuracy": 0.5}
+    assert acc == {"start_accuracy": 0.5, "end_accuracy": 1.0, "span_accuracy": 0.5, "answer_windows": 1.0,
+                   "answer_start_accuracy": 0.5, "answer_end_accuracy": 1.0, "answer_span_accuracy": 0.5}
+    # a window without the answer (label 0, [CLS]) counts over all windows only: pointing at [CLS]
+    # everywhere is right on it and wrong on the window that holds the answer
+    cls = np.array([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    acc = token_accuracy(cls, cls, np.array([0, 1]), np.array([0, 2]))
+    assert acc == {"start_accuracy": 0.5, "end_accuracy": 0.5, "span_accuracy": 0.5, "answer_windows": 0.5,
+                   "answer_start_accuracy": 0.0, "answer_end_accuracy": 0.0, "answer_span_accuracy": 0.0}
+    no_answers = token_accuracy(cls, cls, np.array([0, 0]), np.array([0, 0]))
+    assert no_answers["start_accuracy"] == 1.0 and "answer_start_accuracy" not in no_answers

@@ -66,7 +66,8 @@ def train_cmd(
 
 def _print_summary(output_dir: str, metrics: dict) -> None:
     keys = [k for k in ("exact_match", "f1", "exact", "HasAns_f1", "NoAns_f1", "best_f1", "valid_loss",
-                        "start_accuracy", "end_accuracy") if k in metrics]
+                        "start_accuracy", "end_accuracy", "answer_start_accuracy", "answer_end_accuracy")
+            if k in metrics]
     print("  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
     print(f"reader written to {output_dir}\n"
           f"  ask:      spanqa ask {output_dir} -q 'Who designed the tower?' -c 'It was designed by Gustave Eiffel.'\n"

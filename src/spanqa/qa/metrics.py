@@ -152,8 +152,18 @@ def score(dataset_json: dict, predictions: Mapping[str, str], na_probs: Mapping[
 
 def token_accuracy(start_logits: np.ndarray, end_logits: np.ndarray,
                    start_positions: np.ndarray, end_positions: np.ndarray) -> dict:
-    """Share of windows whose argmax start/end token equals the label (the seeds' "valid accuracy")."""
+    """Share of windows whose argmax start/end token equals the label (the seeds' "valid accuracy"), over
+    all windows and over the windows that hold the answer (label not 0, the [CLS] "no answer here").
+
+    Over all windows the number rewards saying "not here": with short windows most of them miss the
+    answer (128 tokens on SQuAD dev: 54%), so a model that always points at [CLS] already scores 0.54.
+    The `answer_*` figures are the ones that say whether a model finds answers."""
     start_ok = np.argmax(start_logits, axis=1) == start_positions
     end_ok = np.argmax(end_logits, axis=1) == end_positions
-    return {"start_accuracy": float(start_ok.mean()), "end_accuracy": float(end_ok.mean()),
-            "span_accuracy": float((start_ok & end_ok).mean())}
+    holds = np.asarray(start_positions) != 0
+    out = {"start_accuracy": float(start_ok.mean()), "end_accuracy": float(end_ok.mean()),
+           "span_accuracy": float((start_ok & end_ok).mean()), "answer_windows": float(holds.mean())}
+    if holds.any():
+        out.update(answer_start_accuracy=float(start_ok[holds].mean()), answer_end_accuracy=float(end_ok[holds].mean()),
+                   answer_span_accuracy=float((start_ok & end_ok)[holds].mean()))
+    return out
