@@ -86,9 +86,9 @@ def main() -> None:
             out = work / name
             seconds[name] = step([*sst2, "--model", str(model), "--output-dir", str(out)], out / "metrics.json")
             results[name] = json.loads((out / "metrics.json").read_text())
-        # SQuAD: all of train-v1.1 available and a time budget instead of cpu-fast's 4,000 questions (the mini
-        # model reads ~7x faster than MiniLM); windows of 128 tokens, the length the encoder was pretrained
-        # at (its position embeddings past 128 never trained); then scored on all of dev-v1.1
+        # SQuAD: all of train-v1.1 available and a time budget instead of cpu-fast's 4,000 questions; windows
+        # of 128 tokens, the length the encoder was pretrained at (its position embeddings past 128 never
+        # trained); then scored on all of dev-v1.1
         squad = work / "squad"
         seconds["squad"] = step(["train", "--recipe", "cpu-30m", "--time-budget", args.squad_budget, "--model", str(mlm),
                                  "--output-dir", str(squad), "--learning-rate", "3e-4", "--max-seq-length", "128",
