@@ -100,9 +100,9 @@ def report(measures: dict[str, list[float]], baseline: str, load_before: list[fl
 def cpu_description() -> str:
     """The processor's name and the vector units that decide which precision is fast (the project's
     machines have been both Intel with AVX512-BF16 and AMD EPYC with AVX2 only)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
     units = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     return f"{name} ({', '.join(units) or 'no AVX2'})"
 

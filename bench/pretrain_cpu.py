@@ -2,11 +2,11 @@
 (run_mlm.py's recipe: texts tokenized, concatenated and cut into blocks by `group_texts`).
 
 Same corpus (the SQuAD dev contexts), same model (the packaged MiniLM with a new MLM head tied to its
-word embeddings), same sequence length (128), batch (32) and precision (fp32, and bf16 autocast where the CPU has
-AVX512-BF16 or AMX), one process on the 2 cores. Beside them, run_mlm.py's own defaults (block size = the tokenizer's
-model_max_length, batch 8, fp32). The contenders take turns (warm-up, then `--rounds` rounds), each a
-fresh run of `--steps` optimizer steps; data preparation is done once, before, for both. Reported:
-tokens/s (every position of every sequence: both sides pack full blocks), medians, min-max, ratios.
+word embeddings), same sequence length (128), batch (32) and precision (fp32, and bf16 autocast
+where the CPU has AVX512-BF16 or AMX), one process on the 2 cores. Beside them, run_mlm.py's own
+defaults (block size = the tokenizer's model_max_length, batch 8, fp32). The contenders take turns
+(warm-up, then `--rounds` rounds), each a fresh run of `--steps` optimizer steps; data preparation is
+done once, before, for both. Reported: tokens/s (every position of every sequence: both sides pack full blocks), medians, min-max, ratios.
 
     python bench/pretrain_cpu.py [--steps 20] [--rounds 3]
 """
