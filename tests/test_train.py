@@ -168,3 +168,22 @@ def test_config_layers_and_errors(tmp_path):
         build_config(None, str(yaml_file))
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_answer_windows_only_trains_on_the_windows_that_hold_the_answer(tmp_path, tiny_model):
+    from spanqa.qa.train import QATask
+
+    every = QATask(tiny_config(tmp_path, tiny_model, max_seq_length=24, doc_stride=4))
+    every.prepare(show=False)
+    only = QATask(tiny_config(tmp_path, tiny_model, max_seq_length=24, doc_stride=4, answer_windows_only=True))
+    only.prepare(show=False)
+    w = only.train_w
+    holds = np.asarray(w.start_positions) != np.asarray(w.cls_index)
+    assert 0 < holds.sum() < len(w)  # the tiny data has windows without their answer
+    assert len(every.lengths()) == len(w) and len(only.lengths()) == holds.sum()
+    rows = only.window_rows(np.arange(len(only.lengths()))[::-1])
+    assert list(rows) == list(np.flatnonzero(holds))
+    metrics = train(only.config)  # and it trains end to end
+    assert "f1" in metrics
+    with pytest.raises(ConfigError, match="v2"):
+        tiny_config(tmp_path, tiny_model, answer_windows_only=True, version_2=True)

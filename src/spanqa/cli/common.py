@@ -42,7 +42,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 warnings.showwarning = _show_warning
 
-SWITCHES = ("resume", "force", "trust_remote_code", "from_scratch", "pre_ln", "whole_word_mask", "version_2", "regression")
+SWITCHES = ("resume", "force", "trust_remote_code", "from_scratch", "pre_ln", "whole_word_mask", "version_2", "regression",
+            "answer_windows_only")
 
 
 def run_training(build_config, train, recipe: str | None, config: str | None, flags: dict) -> tuple:

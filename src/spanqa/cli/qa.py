@@ -44,6 +44,9 @@ def train_cmd(
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, log_steps: Optional[int] = None,
     resume: Resume = False, force: Force = False, keep_checkpoints: KeepCheckpoints = None,
     version_2: bool = typer.Option(False, "--version-2", help="Train with unanswerable questions (SQuAD v2.0)"),
+    answer_windows_only: bool = typer.Option(False, "--answer-windows-only",
+                                             help="v1.1: train only on windows that hold the answer (for weak or "
+                                                  "from-scratch encoders that learn to point at CLS everywhere)"),
     negatives: Optional[int] = typer.Option(None, help="Add N retrieved wrong passages per question as unanswerable "
                                                        "examples: a reader for document collections (implies --version-2)"),
     student_layers: Optional[int] = typer.Option(None, help="Keep this many of the encoder's layers (evenly spaced): "

@@ -57,7 +57,7 @@ class DistillTask(QATask):
                                       config.trust_remote_code)
 
     def loss(self, model, rows: np.ndarray, device, epoch: int) -> torch.Tensor:
-        rows = np.sort(rows)
+        rows = self.window_rows(rows)
         inputs, (lo, hi) = model_inputs(self.train_w, rows, device)
         out = model(**inputs)
 

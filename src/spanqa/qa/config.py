@@ -27,6 +27,7 @@ class TrainConfig(LoopConfig):
     max_answer_length: int = 30
     n_best: int = 20
     version_2: bool = False            # train with unanswerable questions (CLS labels)
+    answer_windows_only: bool = False  # v1.1: train only on the windows that hold the answer (no CLS labels)
     negatives: int = 0                 # > 0: per question, that many retrieved wrong passages as unanswerable
     student_layers: int | None = None  # keep this many of the encoder's layers (evenly spaced, the first included)
     teacher: str | None = None         # distillation: a trained reader whose start/end distributions are learned
@@ -43,6 +44,9 @@ class TrainConfig(LoopConfig):
             raise ConfigError("negatives must be >= 0")
         if self.negatives:
             self.version_2 = True  # a wrong passage is labelled "no answer" (CLS)
+        if self.answer_windows_only and self.version_2:
+            raise ConfigError("answer_windows_only drops the no-answer (CLS) labels that a v2 reader learns from; "
+                              "use it without --version-2/--negatives")
         if self.student_layers is not None and self.student_layers < 1:
             raise ConfigError("student_layers must be >= 1")
         if not 0 <= self.distill_alpha <= 1 or self.temperature <= 0:

@@ -47,16 +47,21 @@ class QATask:
     def prepare(self, show: bool) -> None:
         self.train_w = _train_windows(self.train_set, self.tokenizer, self.config, show)
         self.dev_w = _windows("dev windows", self.dev_set.examples, self.tokenizer, self.config, show)
+        self.train_rows = _training_rows(self.train_w, self.config.answer_windows_only)
 
     def lengths(self) -> np.ndarray:
-        return np.asarray(self.train_w.attention_mask).sum(axis=1)
+        return np.asarray(self.train_w.attention_mask)[self.train_rows].sum(axis=1)
+
+    def window_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The engine's training rows as (sorted) rows of `train_w`."""
+        return np.sort(self.train_rows[rows])
 
     def build_model(self) -> torch.nn.Module:
         model = load_qa_model(self.config.model, self.config.trust_remote_code)
         return keep_layers(model, self.config.student_layers) if self.config.student_layers else model
 
     def loss(self, model, rows: np.ndarray, device, epoch: int) -> torch.Tensor:
-        rows = np.sort(rows)
+        rows = self.window_rows(rows)
         inputs, (lo, hi) = model_inputs(self.train_w, rows, device)
         # labels index the full window; the batch is cut to columns [lo, hi) (CLS is always kept)
         starts = torch.as_tensor(np.asarray(self.train_w.start_positions[rows]) - lo, dtype=torch.long, device=device)
@@ -131,6 +136,17 @@ def _check_training_set(source: str, examples: int, unanswerable: int, config: T
         raise DataError(f"{source}: the training set is empty")
     if unanswerable and not config.version_2:
         raise DataError(f"{source}: {unanswerable} unanswerable questions; pass --version-2 to train with them")
+
+
+def _training_rows(windows: Windows, answer_windows_only: bool) -> np.ndarray:
+    """Every window, or (answer_windows_only) those whose answer lies inside: a weak encoder trained on
+    SQuAD v1.1's 128-token windows, half of them without the answer, learns to point at CLS everywhere."""
+    if not answer_windows_only:
+        return np.arange(len(windows))
+    rows = np.flatnonzero(np.asarray(windows.start_positions) != np.asarray(windows.cls_index))
+    if not len(rows):
+        raise DataError("no training window holds its answer: --answer-windows-only has nothing to train on")
+    return rows
 
 
 def _windows(label: str, examples: list[Example], tokenizer, config: TrainConfig, show: bool) -> Windows:
