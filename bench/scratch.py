@@ -3,6 +3,7 @@ scratch on the SQuAD train contexts (about the size of WikiText-2) within a time
 then fine-tuned on SST-2 (beside the same architecture trained on SST-2 from random weights) and SQuAD.
 
     python bench/scratch.py [--work /work/runs/scratch] [--budget 60m] [--size mini] [--pre-ln]
+                            [--answer-windows-only --tag=-answer-windows]
 
 Every step is a `spanqa` command, printed before it runs; a step whose output exists is skipped, so the
 script can be re-run after an interruption (an interrupted pretraining continues with --resume).
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--squad-budget", default="15m", help="SQuAD fine-tuning time budget")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     parser.add_argument("--pretrain-only", action="store_true")
+    parser.add_argument("--answer-windows-only", action="store_true",
+                        help="Fine-tune SQuAD on the windows that hold the answer only (spanqa train's flag)")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -89,11 +92,12 @@ def main() -> None:
         # SQuAD: all of train-v1.1 available and a time budget instead of cpu-fast's 4,000 questions; windows
         # of 128 tokens, the length the encoder was pretrained at (its position embeddings past 128 never
         # trained); then scored on all of dev-v1.1
-        squad = work / "squad"
+        squad = work / ("squad-answer-windows" if args.answer_windows_only else "squad")
         seconds["squad"] = step(["train", "--recipe", "cpu-30m", "--time-budget", args.squad_budget, "--model", str(mlm),
                                  "--output-dir", str(squad), "--learning-rate", "3e-4", "--max-seq-length", "128",
                                  "--doc-stride", "32", "--max-query-length", "32", "--eval-steps", "0",
-                                 "--max-eval-samples", "1000"], squad / "metrics.json")
+                                 "--max-eval-samples", "1000",
+                                 *(["--answer-windows-only"] if args.answer_windows_only else [])], squad / "metrics.json")
         dev = squad / "dev-full"
         seconds["squad_dev"] = step(["evaluate", str(squad), str(SHARED / "squad" / "dev-v1.1.json.gz"),
                                      "--output-dir", str(dev)], dev / "metrics.json")
