@@ -50,7 +50,7 @@ class QATask:
         self.train_rows = _training_rows(self.train_w, self.config.answer_windows_only)
 
     def lengths(self) -> np.ndarray:
-        return np.asarray(self.train_w.attention_mask)[self.train_rows].sum(axis=1)
+        return np.asarray(self.train_w.attention_mask).sum(axis=1)[self.train_rows]
 
     def window_rows(self, rows: np.ndarray) -> np.ndarray:
         """The engine's training rows as (sorted) rows of `train_w`."""
