@@ -11,7 +11,7 @@ from conftest import write_people
 from spanqa.data.documents import CollectionError
 from spanqa.mlm.corpus import packed_sequences
 from spanqa.mlm.masking import IGNORE, mask_rows
-from spanqa.mlm.task import PretrainConfig, masked_lm_loss, pretrain
+from spanqa.mlm.task import MLMTask, PretrainConfig, masked_lm_loss, pretrain
 from spanqa.mlm.tokenizer import train_wordpiece
 from spanqa.models import ModelError, load_mlm_model, load_tokenizer
 from spanqa.training.config import ConfigError
@@ -132,6 +132,20 @@ def test_from_scratch_mlm_loss_falls_and_outputs(tmp_path, corpus, wordpiece):
     from transformers import AutoModelForMaskedLM
 
     assert type(AutoModelForMaskedLM.from_pretrained(out)).__name__ == "BertForMaskedLM"
+
+
+def test_pretraining_without_dropout_saves_a_model_that_fine_tunes_with_it(tmp_path, corpus, wordpiece):
+    config = scratch_config(tmp_path, corpus, wordpiece, dropout=0.0, max_steps=2, epochs=0)
+    model = MLMTask(config).build_model().train()
+    ids = torch.randint(5, 100, (2, 16))
+    first, second = (model(input_ids=ids).logits for _ in range(2))
+    assert torch.equal(first, second)  # no dropout while pretraining: two passes in train mode agree
+    pretrain(config)
+    saved = json.loads((tmp_path / "mlm" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.1
+    assert json.loads((tmp_path / "mlm" / "spanqa.json").read_text())["training"]["dropout"] == 0.0
+    with pytest.raises(ConfigError, match="from-scratch"):
+        PretrainConfig(corpus=[str(corpus)], dropout=0.0)  # continuing an encoder keeps its own dropout
 
 
 def test_pretraining_resumes_exactly(tmp_path, corpus, wordpiece):

@@ -51,6 +51,8 @@ def pretrain_cmd(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="A new BERT of --size for --tokenizer"),
     size: Optional[str] = typer.Option(None, help="From scratch: tiny (2x128) | mini (4x256) | small (4x512) | medium (8x512)"),
     pre_ln: bool = typer.Option(False, "--pre-ln", help="From scratch: LayerNorm before each sublayer"),
+    dropout: Optional[float] = typer.Option(None, help="From scratch: dropout while pretraining (default 0.1; "
+                                                       "0 for short budgets); the saved model has 0.1 for fine-tuning"),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the model's own)"),
     text_field: Optional[str] = typer.Option(None, "--field", help="Text field of .json/.jsonl records"),
     output_dir: Optional[str] = typer.Option(None, help="Where the masked-LM model is written (default runs/mlm)"),
