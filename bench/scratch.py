@@ -3,7 +3,7 @@ scratch on the SQuAD train contexts (about the size of WikiText-2) within a time
 then fine-tuned on SST-2 (beside the same architecture trained on SST-2 from random weights) and SQuAD.
 
     python bench/scratch.py [--work /work/runs/scratch] [--budget 60m] [--size mini] [--pre-ln] [--dropout 0]
-                            [--answer-windows-only --tag=-answer-windows]
+                            [--answer-windows-only --tag=-answer-windows] [--no-sst2]
 
 Every step is a `spanqa` command, printed before it runs; a step whose output exists is skipped, so the
 script can be re-run after an interruption (an interrupted pretraining continues with --resume).
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--squad-budget", default="15m", help="SQuAD fine-tuning time budget")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     parser.add_argument("--pretrain-only", action="store_true")
+    parser.add_argument("--no-sst2", action="store_true", help="Pretraining and SQuAD only")
     parser.add_argument("--answer-windows-only", action="store_true",
                         help="Fine-tune SQuAD on the windows that hold the answer only (spanqa train's flag)")
     args = parser.parse_args()
@@ -84,10 +85,11 @@ def main() -> None:
                                  for h in json.loads((mlm / "history.json").read_text()) if "masked_accuracy" in h]
     if not args.pretrain_only:
         random_model = work / "random-init"
-        random_init(mlm, random_model)
+        if not args.no_sst2:
+            random_init(mlm, random_model)
         sst2 = ["classify", "train", "--task", "sst2", "--max-seq-length", "64", "--batch-size", "32",
                 "--learning-rate", "1e-4", "--epochs", "2", "--save-steps", "1000"]
-        for name, model in (("sst2_pretrained", mlm), ("sst2_random", random_model)):
+        for name, model in () if args.no_sst2 else (("sst2_pretrained", mlm), ("sst2_random", random_model)):
             out = work / name
             seconds[name] = step([*sst2, "--model", str(model), "--output-dir", str(out)], out / "metrics.json")
             results[name] = json.loads((out / "metrics.json").read_text())
