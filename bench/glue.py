@@ -1,7 +1,7 @@
 """GLUE dev with the packaged MiniLM: SST-2, MRPC, RTE, CoLA, STS-B, each with its `glue-*` recipe.
 
     python bench/glue.py [--work /work/runs/glue] [--tasks sst2 mrpc rte cola stsb] [--seeds 3]
-    python bench/glue.py --work /work/runs/glue-adapted --adapt 30m --tasks cola mrpc --tag=-adapted
+    python bench/glue.py --work /work/runs/glue-adapted --adapt 60m --tasks cola mrpc --seeds 1 --tag=-adapted
 
 `--adapt 30m` first continues the packaged MiniLM with masked-LM on English text (the SQuAD train
 contexts: Wikipedia) for that time budget, and starts every task from it: all-MiniLM-L6-v2's contrastive
