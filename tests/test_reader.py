@@ -32,3 +32,24 @@ def test_calibrated_threshold_gives_no_answer(tiny_model, tmp_path):
     folder = reader_folder(tiny_model, tmp_path, {"version_2": True, "null_threshold": -1e9})
     (first,) = Reader.load(folder).answer("Which city?", "Oslo is cold.")
     assert first.text == "" and first.start == -1
+
+
+def test_bf16_reader_casts_linear_weights_once_and_keeps_autocast_logits(tiny_model, tmp_path):
+    """`precision="bf16"` stores the Linear weights in bf16 (no re-cast at every batch) and gives the
+    same logits as the fp32 model run under bf16 autocast; LayerNorm and embeddings stay fp32."""
+    import numpy as np
+    import torch
+
+    from spanqa.qa.reader import compute_logits
+    from spanqa.qa.squad import Example
+
+    folder = reader_folder(tiny_model, tmp_path)
+    bf16, fp32 = Reader.load(folder, precision="bf16"), Reader.load(folder)
+    assert bf16.model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
+    assert bf16.model.bert.embeddings.LayerNorm.weight.dtype == torch.float32
+    assert fp32.model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.float32
+    windows = fp32.windows([Example("q", "Which city is cold?", "Oslo is cold. Rome is warm. " * 5)])
+    got = bf16.logits(windows)
+    expected = compute_logits(fp32.model, windows, 8, torch.device("cpu"), torch.bfloat16)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

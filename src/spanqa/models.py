@@ -237,3 +237,20 @@ def keep_layers(model, keep: int):
         if hasattr(model.config, name):
             setattr(model.config, name, keep)
     return model
+
+
+def for_inference(model, device, autocast_dtype=None):
+    """`model` on `device` in eval mode, ready for reading under autocast to `autocast_dtype`.
+
+    Under autocast every Linear weight is cast to the autocast dtype again at each forward pass: on
+    CPUs with AMX that re-cast took about a sixth of bf16 reading time (BENCHMARKS.md, issue 17).
+    The Linear layers are cast once here instead; autocast would have cast them to the same values,
+    so the logits do not change. LayerNorm, embeddings and softmax stay in fp32, as autocast keeps them."""
+    import torch
+
+    model = model.to(device).eval()
+    if autocast_dtype is not None and isinstance(model, torch.nn.Module):
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(autocast_dtype)
+    return model

@@ -22,6 +22,7 @@ from spanqa.files import atomic_write_text
 from spanqa.models import (
     SETTINGS_FILE,
     ModelError,
+    for_inference,
     load_classifier_model,
     load_tokenizer,
     resolve_model,
@@ -149,7 +150,7 @@ class Classifier:
         self.settings = settings
         self.device = device or default_device()
         self.autocast_dtype = PRECISIONS[precision]
-        self.model = model.to(self.device).eval()
+        self.model = for_inference(model, self.device, self.autocast_dtype)
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 128)
         self.path = path

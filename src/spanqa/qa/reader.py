@@ -12,7 +12,7 @@ import torch
 
 from spanqa.data.batches import model_inputs
 from spanqa.onnx_models import OnnxQAModel, is_onnx_folder
-from spanqa.models import SETTINGS_FILE, ModelError, load_qa_model, load_tokenizer, resolve_model
+from spanqa.models import SETTINGS_FILE, ModelError, for_inference, load_qa_model, load_tokenizer, resolve_model
 from spanqa.qa.calibration import Calibration
 from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
@@ -92,7 +92,7 @@ class Reader:
         self.settings = settings or ReaderSettings()
         self.device = device or default_device()
         self.autocast_dtype = PRECISIONS[precision]
-        self.model = model.to(self.device).eval()
+        self.model = for_inference(model, self.device, self.autocast_dtype)
         self.tokenizer = tokenizer
         # small batches are faster on CPU (measured: 8 beat 16-64 with MiniLM on 2 cores, bench/infer_cpu.py)
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
