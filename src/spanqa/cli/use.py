@@ -177,12 +177,16 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
 
 
 def _announce(model: str, predictor) -> None:
-    """The start-up line: what is served and which reading path runs it (spanqa export makes the fastest)."""
+    """The start-up line: what is served, which reading path runs it, and a faster one where there is one."""
     from spanqa.onnx_models import describe_runtime
+    from spanqa.training.engine import cpu_has_native_bf16
 
     runtime = describe_runtime(predictor.model, predictor.device, predictor.autocast_dtype)
     hint = ""
-    if runtime.startswith("torch") and predictor.device.type == "cpu":
+    if runtime == "torch fp32 (cpu)" and cpu_has_native_bf16():
+        # bf16 reads at fp32's F1; with AMX it is also faster than the int8 export (BENCHMARKS.md, issue 17)
+        hint = f"; faster on this CPU: --precision bf16, or spanqa export {model} (int8) and serve the export"
+    elif runtime.startswith("torch") and predictor.device.type == "cpu":
         hint = f"; faster on CPU: spanqa export {model}, then serve the export"
     elif runtime == "ONNX Runtime fp32 (cpu)":
         hint = "; faster on CPU: export the torch model again without --fp32"
