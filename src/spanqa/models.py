@@ -240,7 +240,7 @@ def keep_layers(model, keep: int):
 
 
 def for_inference(model, device, autocast_dtype=None):
-    """`model` on `device` in eval mode, ready for reading under autocast to `autocast_dtype`.
+    """`model` (changed in place) on `device` in eval mode, ready for reading under autocast to `autocast_dtype`.
 
     Under autocast every Linear weight is cast to the autocast dtype again at each forward pass: on
     CPUs with AMX that re-cast took about a sixth of bf16 reading time (BENCHMARKS.md, issue 17).
