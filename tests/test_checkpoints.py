@@ -159,13 +159,15 @@ def test_files_get_the_mode_of_a_plain_file_and_killed_writers_leftovers_go(tmp_
 
 
 def test_a_resume_with_nothing_left_to_train_removes_what_a_killed_write_left(tmp_path, tiny_model):
-    """A run killed while writing latest.json after its last checkpoint: the resume trains no step and
-    writes no checkpoint, so no later write of that file cleans its temporary; the resume itself must."""
+    """A run killed while writing latest.json after its last checkpoint (or model.safetensors, which
+    safetensors writes through a `.tmpXXXXXX` of its own): the resume trains no step and writes no
+    checkpoint, so no later write of that file cleans its temporary; the resume itself must."""
     cfg = config(tmp_path, tiny_model)
     train(cfg)
     dead = dead_pid()
     leftovers = [Path(cfg.output_dir) / "checkpoints" / f".latest.json.tmp{dead}.k1ll3d_0.tmp",
-                 Path(cfg.output_dir) / f".metrics.json.tmp{dead}.k1ll3d_1.tmp"]
+                 Path(cfg.output_dir) / f".metrics.json.tmp{dead}.k1ll3d_1.tmp",
+                 Path(cfg.output_dir) / ".tmpPzPuv3", Path(cfg.output_dir) / "checkpoints" / ".tmpK1ll3d"]
     mine = Path(cfg.output_dir) / f".other.json.tmp{os.getpid()}.alive000.tmp"  # a live writer's: kept
     for p in [*leftovers, mine]:
         p.write_text("half")

@@ -13,12 +13,19 @@ from typing import Any
 
 
 _TEMPORARY = r"\.tmp(\d+)\.[^./]*\.tmp"  # what atomic_write_bytes names its temporary: .NAME.tmpPID.RANDOM.tmp
+# safetensors (0.8) writes model.safetensors through Rust's tempfile crate: .tmp + 6 random characters, no pid
+_SAFETENSORS_TEMPORARY = r"\.tmp[A-Za-z0-9]{6}"
 
 
-def remove_stale_writes(folder: str | Path) -> list[Path]:
+def remove_stale_writes(folder: str | Path, older_than: float | None = None) -> list[Path]:
     """Remove the temporaries of atomic writes into `folder` whose writer was killed (any file name): a
-    file that is not written again (a finished run's latest.json) would otherwise keep its leftover."""
-    return remove_stale(Path(folder), re.compile(rf"\..+{_TEMPORARY}"))
+    file that is not written again (a finished run's latest.json) would otherwise keep its leftover. With
+    `older_than` (a timestamp before which nobody else writes into `folder`), safetensors' temporaries too."""
+    folder = Path(folder)
+    removed = remove_stale(folder, re.compile(rf"\..+{_TEMPORARY}"))
+    if older_than is not None:
+        removed += remove_stale(folder, re.compile(_SAFETENSORS_TEMPORARY), older_than=older_than)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -83,12 +83,13 @@ def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -
                           CheckpointWarning, stacklevel=2)
     wait()
     root = out / CHECKPOINTS
+    started = time.time()  # this run owns `out`: what was written into it before now, nobody is writing
     if is_main:  # what a killed run's atomic writes left (latest.json, outputs), also when nothing is written again
-        remove_stale_writes(out)
+        remove_stale_writes(out, older_than=started)
     if is_main and root.is_dir():
         # a killed save leaves .tmp-checkpoint-N: older than this run, so nobody is writing it
-        remove_stale(root, re.compile(r"\.tmp-checkpoint-\d+"), older_than=time.time())
-        remove_stale_writes(root)
+        remove_stale(root, re.compile(r"\.tmp-checkpoint-\d+"), older_than=started)
+        remove_stale_writes(root, older_than=started)
         if not config.resume:
             for folder in existing:
                 shutil.rmtree(folder, ignore_errors=True)
