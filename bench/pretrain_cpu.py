@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import SQUAD, interleave, load_average, print_report, report, save_result
 
-from spanqa.training.engine import cpu_has_native_bf16
+from spanqa.models import cpu_has_native_bf16
 
 LENGTH, BATCH = 128, 32
 

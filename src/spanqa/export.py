@@ -45,6 +45,10 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
     load = load_qa_model if classifier is None else load_classifier_model
     torch_model = load(source, attn_implementation="eager").eval()
+    if classifier is not None:
+        from spanqa.classify.pooling import use_pooling
+
+        use_pooling(torch_model, classifier.get("pooling", "cls"))
     outputs = OUTPUTS if classifier is None else CLASSIFIER_OUTPUTS
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
     if classifier is not None and classifier.get("pairs") is False:

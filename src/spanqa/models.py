@@ -239,8 +239,23 @@ def keep_layers(model, keep: int):
     return model
 
 
-def for_inference(model, device, autocast_dtype=None):
-    """`model` (changed in place) on `device` in eval mode, ready for reading under autocast to `autocast_dtype`.
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 autocast trains ~1.5x faster (BENCHMARKS.md); elsewhere it is emulated."""
+    import torch
+
+    # torch exposes these CPU checks only as private helpers; a missing one means "no"
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+# torch reading precisions (int8 reading is ONNX Runtime's, `spanqa export`: int8 matmuls in torch were
+# no faster than bf16 with AMX, bench/int8_per_token.py)
+PRECISIONS = ("fp32", "bf16")
+
+
+def for_inference(model, device, precision: str = "fp32"):
+    """`model` (changed in place) on `device` in eval mode for reading at `precision`, and the dtype to
+    autocast to while reading (None: no autocast).
 
     Under autocast every Linear weight is cast to the autocast dtype again at each forward pass: on
     CPUs with AMX that re-cast took about a sixth of bf16 reading time (BENCHMARKS.md, issue 17).
@@ -248,9 +263,14 @@ def for_inference(model, device, autocast_dtype=None):
     so the logits do not change. LayerNorm, embeddings and softmax stay in fp32, as autocast keeps them."""
     import torch
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model = model.to(device).eval()
-    if autocast_dtype is not None and isinstance(model, torch.nn.Module):
+    if not isinstance(model, torch.nn.Module):  # an ONNX model computes in the precision it was exported in
+        return model, None
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if autocast_dtype is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.to(autocast_dtype)
-    return model
+    return model, autocast_dtype

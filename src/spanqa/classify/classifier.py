@@ -17,6 +17,7 @@ import torch
 
 from spanqa.classify.glue import DataFormat, TextExample
 from spanqa.classify.inputs import SentenceTable, build_table
+from spanqa.classify.pooling import use_pooling
 from spanqa.data.batches import model_inputs
 from spanqa.files import atomic_write_text
 from spanqa.models import (
@@ -28,7 +29,6 @@ from spanqa.models import (
     resolve_model,
 )
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TASK = "classify"  # the "task" of a classifier folder's spanqa.json
 
 
@@ -39,10 +39,12 @@ class ClassifierSettings:
     format: DataFormat = field(default_factory=DataFormat)
     labels: list[str] = field(default_factory=list)  # names in id order; [] for regression
     max_seq_length: int = 128
+    pooling: str = "cls"  # "mean" where trained with mean pooling (spanqa.classify.pooling)
 
     def to_dict(self) -> dict:
         return {"task": TASK, "format": asdict(self.format), "pairs": self.format.pairs,
-                "regression": self.format.is_regression, "labels": self.labels, "max_seq_length": self.max_seq_length}
+                "regression": self.format.is_regression, "labels": self.labels, "max_seq_length": self.max_seq_length,
+                "pooling": self.pooling}
 
     @staticmethod
     def read(folder: str | Path) -> ClassifierSettings:
@@ -53,7 +55,8 @@ class ClassifierSettings:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("task") != TASK:
                 raise ModelError(f"{folder}: not a classifier ({SETTINGS_FILE} says task {data.get('task', 'qa')!r})")
-            return ClassifierSettings(DataFormat(**data["format"]), list(data["labels"]), int(data["max_seq_length"]))
+            return ClassifierSettings(DataFormat(**data["format"]), list(data["labels"]), int(data["max_seq_length"]),
+                                      data.get("pooling", "cls"))  # folders from before pooling was recorded: cls
         except ModelError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
@@ -145,12 +148,9 @@ class Classifier:
 
     def __init__(self, model, tokenizer, settings: ClassifierSettings, device: torch.device | None = None,
                  batch_size: int | None = None, precision: str = "fp32", path: str | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.settings = settings
         self.device = device or default_device()
-        self.autocast_dtype = PRECISIONS[precision]
-        self.model = for_inference(model, self.device, self.autocast_dtype)
+        self.model, self.autocast_dtype = for_inference(model, self.device, precision)
         self.tokenizer = tokenizer
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 128)
         self.path = path
@@ -166,7 +166,7 @@ class Classifier:
         if is_onnx_folder(folder):
             model, device = OnnxClassifierModel(folder), "cpu"
         else:
-            model = load_classifier_model(folder, trust_remote_code)
+            model = use_pooling(load_classifier_model(folder, trust_remote_code), settings.pooling)
         tokenizer = load_tokenizer(folder, trust_remote_code)
         return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, precision,
                    folder)

@@ -18,6 +18,7 @@ import torch
 from spanqa.classify.classifier import (
     ClassifierSettings,
     compute_logits,
+    is_classifier_folder,
     predictions_from_logits,
     write_predictions,
 )
@@ -32,6 +33,7 @@ from spanqa.classify.glue import (
 )
 from spanqa.classify.inputs import SentenceTable, cached_table
 from spanqa.classify.metrics import classification_scores
+from spanqa.classify.pooling import POOLINGS, encoder_pooling, use_pooling
 from spanqa.data.batches import model_inputs
 from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
@@ -40,6 +42,7 @@ from spanqa.models import (
     load_classifier_model,
     load_tokenizer,
     max_positions,
+    resolve_model,
 )
 from spanqa.progress import progress_bar
 from spanqa.training.config import ConfigError, LoopConfig, layered_config
@@ -62,6 +65,7 @@ class ClassifyConfig(LoopConfig):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 128
+    pooling: str = "auto"              # cls | mean | auto: the encoder's own (mean for sentence-transformers)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,6 +75,8 @@ class ClassifyConfig(LoopConfig):
             raise ConfigError("valid_split must be in [0, 1)")
         if self.max_seq_length < 2:
             raise ConfigError("max_seq_length must be >= 2")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
 
     @property
     def data_format(self) -> DataFormat:
@@ -102,7 +108,14 @@ class ClassifyTask:
             raise ConfigError(f"max_seq_length {config.max_seq_length} is larger than the model allows ({limit})")
         self.train_set, self.dev_set = prepare_data(config)
         self.labels = label_names(self.train_set, self.format)
-        self.settings = ClassifierSettings(self.format, self.labels, config.max_seq_length)
+        self.settings = ClassifierSettings(self.format, self.labels, config.max_seq_length, self._pooling())
+
+    def _pooling(self) -> str:
+        """--pooling; auto: a classifier's own, else what the encoder was trained for (`encoder_pooling`)."""
+        if self.config.pooling != "auto":
+            return self.config.pooling
+        model = resolve_model(self.config.model)
+        return ClassifierSettings.read(model).pooling if is_classifier_folder(model) else encoder_pooling(model)
 
     def prepare(self, show: bool) -> None:
         self.train_t = self._table("train", self.train_set, show)
@@ -126,8 +139,9 @@ class ClassifyTask:
             heads = {"num_labels": len(self.labels), "problem_type": "single_label_classification",
                      "id2label": dict(enumerate(self.labels)), "label2id": {n: i for i, n in enumerate(self.labels)}}
         # a classifier trained on other labels may be the starting point: its head is replaced
-        return load_classifier_model(self.config.model, self.config.trust_remote_code,
-                                     ignore_mismatched_sizes=True, **heads)
+        model = load_classifier_model(self.config.model, self.config.trust_remote_code,
+                                      ignore_mismatched_sizes=True, **heads)
+        return use_pooling(model, self.settings.pooling)
 
     def loss(self, model, rows: np.ndarray, device, epoch: int) -> torch.Tensor:
         rows = np.sort(rows)

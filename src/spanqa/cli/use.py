@@ -179,7 +179,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
 def _announce(model: str, predictor) -> None:
     """The start-up line: what is served, which reading path runs it, and a faster one where there is one."""
     from spanqa.onnx_models import describe_runtime
-    from spanqa.training.engine import cpu_has_native_bf16
+    from spanqa.models import cpu_has_native_bf16
 
     runtime = describe_runtime(predictor.model, predictor.device, predictor.autocast_dtype)
     hint = ""

@@ -18,8 +18,6 @@ from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
 from spanqa.qa.windows import WindowEncoder, Windows, WindowSettings, check_settings
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,12 +85,9 @@ class Reader:
     def __init__(self, model, tokenizer, settings: ReaderSettings | None = None,
                  device: torch.device | None = None, batch_size: int | None = None, path: str = "",
                  precision: str = "fp32", cache_contexts: int = 32):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.settings = settings or ReaderSettings()
         self.device = device or default_device()
-        self.autocast_dtype = PRECISIONS[precision]
-        self.model = for_inference(model, self.device, self.autocast_dtype)
+        self.model, self.autocast_dtype = for_inference(model, self.device, precision)
         self.tokenizer = tokenizer
         # small batches are faster on CPU (measured: 8 beat 16-64 with MiniLM on 2 cores, bench/infer_cpu.py)
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spanqa.files import atomic_write_json
+from spanqa.models import cpu_has_native_bf16
 from spanqa.progress import progress_bar
 from spanqa.training.checkpoints import (
     TrainState,
@@ -261,13 +262,6 @@ def mixed_precision(precision: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_native_bf16() else "no"
     return {"fp32": "no"}.get(precision, precision)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 autocast trains ~1.5x faster (BENCHMARKS.md); elsewhere it is emulated."""
-    # torch exposes these CPU checks only as private helpers; a missing one means "no"
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                      "_is_amx_tile_supported"))
 
 
 def autocast_dtype(accelerator) -> torch.dtype | None:
