@@ -8,7 +8,7 @@ this script measures whether torch can run them fast enough. It reads the same d
 the Reader in fp32, bf16 and this int8 (the rest of the model in bf16 where the CPU has it), in
 interleaved rounds, and times the three matmul kinds on the reader's feed-forward shape.
 
-    python bench/int8_per_token.py --model /work/runs/squad-cpufast --questions 1000 --rounds 2
+    python bench/int8_per_token.py --model /work/runs/squad-cpufast --questions 1000 --rounds 3
 """
 
 from __future__ import annotations
@@ -55,27 +55,29 @@ def matmul_ms(rounds: int = 20) -> dict[str, float]:
     """Best time of one (8 x 384) x 384 @ 384 x 1536 matmul (the feed-forward input) per precision."""
     a, w = torch.randn(8 * 384, 384), torch.randn(1536, 384)
     qa, qw = torch.randint(-127, 127, a.shape, dtype=torch.int8), torch.randint(-127, 127, (384, 1536), dtype=torch.int8)
-    ab, wb = a.bfloat16(), w.bfloat16()
+    ab, wb, int8 = a.bfloat16(), w.bfloat16(), Int8Linear(torch.nn.Linear(384, 1536))
     runs = {"fp32": lambda: torch.nn.functional.linear(a, w), "bf16": lambda: torch.nn.functional.linear(ab, wb),
             "int8 (_int_mm)": lambda: torch._int_mm(qa, qw),
-            "int8 per-token quantize + _int_mm + dequantize": lambda: Int8Linear(torch.nn.Linear(384, 1536))(a)}
-    best = {}
-    for name, run in runs.items():
+            "int8 per-token quantize + _int_mm + dequantize": lambda: int8(a)}
+    with torch.inference_mode():
+        return {name: _best_ms(run, rounds) for name, run in runs.items()}
+
+
+def _best_ms(run, rounds: int) -> float:
+    run()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
         run()
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times) * 1000
-    return best
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1000
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/work/runs/squad-cpufast")
     ap.add_argument("--questions", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     from spanqa.models import cpu_has_native_bf16
