@@ -1,6 +1,5 @@
-"""Mean pooling for classifiers: what an encoder was trained for is found, the pooled vector is the masked
-mean (padding changes nothing), and a mean-pooled classifier keeps its pooling through training, loading
-and ONNX export."""
+"""Mean pooling for classifiers: the pooled vector is the masked mean (padding changes nothing), and a
+mean-pooled classifier keeps its pooling through training, loading, continued training and ONNX export."""
 
 import json
 
@@ -10,20 +9,11 @@ import torch
 from test_classify_train import toy_config, toy_sentences
 
 from spanqa.classify.classifier import Classifier
-from spanqa.classify.pooling import MeanPooler, encoder_pooling, use_pooling
+from spanqa.classify.pooling import MeanPooler, use_pooling
 from spanqa.classify.task import train
 from spanqa.export import export_onnx
-from spanqa.models import ModelError, load_classifier_model, resolve_model
+from spanqa.models import ModelError, load_classifier_model
 from spanqa.training.config import ConfigError
-
-
-def test_the_packaged_sentence_encoder_mean_pools_and_a_plain_bert_pools_cls(tiny_model, tmp_path):
-    assert encoder_pooling(resolve_model(None)) == "mean"  # all-MiniLM-L6-v2's 1_Pooling/config.json
-    assert encoder_pooling(tiny_model) == "cls"
-    (tmp_path / "modules.json").write_text("[{\"type\": \"sentence_transformers.models.Pooling\", \"path\": \"p\"}]")
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    assert encoder_pooling(tmp_path) == "cls"
 
 
 def test_mean_pooling_is_the_masked_mean_of_the_token_vectors(tiny_model, tokenizer):
@@ -57,9 +47,11 @@ def test_a_mean_pooled_classifier_trains_loads_and_exports_with_its_pooling(tiny
     onnx.batch_size = 7
     examples = [onnx._example(i, t) for i, t in enumerate(texts)]
     np.testing.assert_allclose(onnx.logits(examples), clf.logits(examples), atol=1e-4)
-    # auto: a classifier continues with the pooling it was trained with
+    # without --pooling, a classifier continues with the pooling it was trained with
     train(toy_config(tmp_path / "again", folder, max_steps=2))
     assert json.loads((tmp_path / "again" / "out" / "spanqa.json").read_text())["pooling"] == "mean"
+    train(toy_config(tmp_path / "plain", tiny_model, max_steps=2))  # an encoder: BERT's [CLS] unless told
+    assert json.loads((tmp_path / "plain" / "out" / "spanqa.json").read_text())["pooling"] == "cls"
 
 
 def test_pooling_errors(tiny_model, tmp_path):

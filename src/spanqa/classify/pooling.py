@@ -1,36 +1,21 @@
 """How a classifier turns token vectors into one sentence vector: BERT's [CLS] pooler, or the mean of
 the token vectors.
 
-Sentence-transformers encoders (the packaged all-MiniLM-L6-v2 among them) were trained to mean-pool:
-their [CLS] vector and pooler never took part in that training. transformers' sequence classifiers
-only pool [CLS], so mean pooling is put in their pooler's place here: the model stays the stock HF
-class (training engine, checkpoints, ONNX export and serving see an ordinary model), the pooler
-computes the masked mean instead, and `spanqa.json` records which pooling a classifier was trained with.
+Sentence-transformers encoders (the packaged all-MiniLM-L6-v2 among them, see its 1_Pooling folder)
+were trained to mean-pool: their [CLS] vector and pooler took no part in that training. transformers'
+sequence classifiers only pool [CLS], so mean pooling is put in their pooler's place here: the model
+stays the stock HF class (training engine, checkpoints, ONNX export and serving see an ordinary
+model), its pooler computes the masked mean instead, and `spanqa.json` records which pooling a
+classifier was trained with. Which one is better is a measurement per task (BENCHMARKS.md, GLUE).
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 
 from spanqa.models import ModelError
 
-POOLINGS = ("auto", "cls", "mean")
-
-
-def encoder_pooling(folder: str | Path) -> str:
-    """The pooling an encoder folder was trained for: "mean" where its sentence-transformers modules
-    say mean tokens, else "cls"."""
-    folder = Path(folder)
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        pooling = next(m for m in modules if m.get("type", "").endswith("models.Pooling"))
-        config = json.loads((folder / pooling["path"] / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, StopIteration, KeyError, TypeError, AttributeError):
-        return "cls"  # not a sentence-transformers folder (or an unreadable one): BERT's own pooling
-    return "mean" if config.get("pooling_mode_mean_tokens") and not config.get("pooling_mode_cls_token") else "cls"
+POOLINGS = ("cls", "mean")
 
 
 class MeanPooler(torch.nn.Module):
@@ -50,7 +35,7 @@ class MeanPooler(torch.nn.Module):
 
 def use_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     """`model` (a sequence classifier, changed in place) pooling as `pooling` says ("cls": as it is)."""
-    if pooling not in ("cls", "mean"):
+    if pooling not in POOLINGS:
         raise ValueError(f"pooling must be cls or mean, not {pooling!r}")
     if pooling == "cls":
         return model

@@ -33,7 +33,7 @@ from spanqa.classify.glue import (
 )
 from spanqa.classify.inputs import SentenceTable, cached_table
 from spanqa.classify.metrics import classification_scores
-from spanqa.classify.pooling import POOLINGS, encoder_pooling, use_pooling
+from spanqa.classify.pooling import POOLINGS, use_pooling
 from spanqa.data.batches import model_inputs
 from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
@@ -65,7 +65,7 @@ class ClassifyConfig(LoopConfig):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 128
-    pooling: str = "auto"              # cls | mean | auto: the encoder's own (mean for sentence-transformers)
+    pooling: str | None = None         # cls | mean; default: a starting classifier's own, else cls
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,7 +75,7 @@ class ClassifyConfig(LoopConfig):
             raise ConfigError("valid_split must be in [0, 1)")
         if self.max_seq_length < 2:
             raise ConfigError("max_seq_length must be >= 2")
-        if self.pooling not in POOLINGS:
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
 
     @property
@@ -111,11 +111,11 @@ class ClassifyTask:
         self.settings = ClassifierSettings(self.format, self.labels, config.max_seq_length, self._pooling())
 
     def _pooling(self) -> str:
-        """--pooling; auto: a classifier's own, else what the encoder was trained for (`encoder_pooling`)."""
-        if self.config.pooling != "auto":
+        """--pooling, else the pooling of the classifier training continues from, else BERT's [CLS]."""
+        if self.config.pooling is not None:
             return self.config.pooling
         model = resolve_model(self.config.model)
-        return ClassifierSettings.read(model).pooling if is_classifier_folder(model) else encoder_pooling(model)
+        return ClassifierSettings.read(model).pooling if is_classifier_folder(model) else "cls"
 
     def prepare(self, show: bool) -> None:
         self.train_t = self._table("train", self.train_set, show)
