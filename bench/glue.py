@@ -2,7 +2,7 @@
 
     python bench/glue.py [--work /work/runs/glue] [--tasks sst2 mrpc rte cola stsb] [--seeds 3]
     python bench/glue.py --work /work/runs/glue-adapted --adapt 60m --tasks cola mrpc --seeds 1 --tag=-adapted
-    python bench/glue.py --work /work/runs/glue-mean --tasks mrpc stsb cola --pooling mean --tag=-mean
+    python bench/glue.py --work /work/runs/glue-mean --tasks mrpc --pooling mean --tag=-mean-mrpc
 
 `--adapt 30m` first continues the packaged MiniLM with masked-LM on English text (the SQuAD train
 contexts: Wikipedia) for that time budget, and starts every task from it: all-MiniLM-L6-v2's contrastive
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(MAIN))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--adapt", metavar="BUDGET", help="Masked-LM on English text first, for this long (e.g. 30m)")
-    parser.add_argument("--pooling", choices=("cls", "mean"), help="`classify train --pooling` (default: auto)")
+    parser.add_argument("--pooling", choices=("cls", "mean"), help="`classify train --pooling` (default: [CLS], the recipes' own)")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
