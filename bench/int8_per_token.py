@@ -19,6 +19,7 @@ import time
 import torch
 
 from common import SQUAD, interleave, load_average, print_report, report, save_result
+from infer_cpu import WINDOWS
 
 
 class Int8Linear(torch.nn.Module):
@@ -94,7 +95,7 @@ def main() -> None:
     readers["torch_int8_per_token"] = int8
     predictions: dict[str, dict] = {}
     for reader in readers.values():
-        reader.settings.windows = WindowSettings(max_seq_length=384, doc_stride=128, max_query_length=64)
+        reader.settings.windows = WindowSettings(**WINDOWS)  # bench/infer_cpu.py's windows
 
     def timed(name: str) -> float:
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from spanqa.classify.pooling import use_pooling
 from spanqa.models import (
     SETTINGS_FILE,
     load_classifier_model,
@@ -46,8 +47,6 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     load = load_qa_model if classifier is None else load_classifier_model
     torch_model = load(source, attn_implementation="eager").eval()
     if classifier is not None:
-        from spanqa.classify.pooling import use_pooling
-
         use_pooling(torch_model, classifier.get("pooling", "cls"))
     outputs = OUTPUTS if classifier is None else CLASSIFIER_OUTPUTS
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])

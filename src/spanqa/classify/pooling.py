@@ -36,7 +36,7 @@ class MeanPooler(torch.nn.Module):
 def use_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     """`model` (a sequence classifier, changed in place) pooling as `pooling` says ("cls": as it is)."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be cls or mean, not {pooling!r}")
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     if pooling == "cls":
         return model
     base = model.base_model
