@@ -28,20 +28,17 @@ from spanqa.onnx_models import CLASSIFIER_OUTPUTS, ONNX_FILE, OUTPUTS, is_onnx_f
 
 
 def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int = 17,
-                int8_everywhere: bool | None = None) -> Path:
+                int8_everywhere: bool = False) -> Path:
     """Write an ONNX Runtime reader folder for `model` (a reader folder or QA model id), or a classifier
     folder for a classifier (`spanqa classify train`, or a sequence-classification model id).
 
     `int8` quantizes the weights of every MatMul except the feed-forward output projections
-    (see `_outlier_matmuls`), or of all of them with `int8_everywhere` (None: all of them for a model
-    trained `--quantization-aware`, which learned this int8's rounding). Activations are quantized
+    (see `_outlier_matmuls`), or of all of them with `int8_everywhere`. Activations are quantized
     with scales computed per batch at run time (dynamic). Static scales (calibrated on dev windows)
     and SmoothQuant-style smoothing of the feed-forward outputs were measured and dropped: neither
     was closer to fp32 than this, static was slower (BENCHMARKS.md)."""
 
     source = resolve_model(model)
-    if int8_everywhere is None:
-        int8_everywhere = int8 and trained_quantization_aware(source)
     out = Path(out_dir)
     _check_target(out, source)
     tokenizer = load_tokenizer(source)
@@ -76,8 +73,9 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
 
             # per-channel weight scales: -0.4 F1 on 300 dev questions where per-tensor lost 2.8 (bench/infer_cpu.py);
             # fused ops come from ONNX Runtime's own domain, where shape inference cannot type them
-            # only the matmuls: int8 embedding tables (QEmbedLayerNormalization, Gather) save memory, not time,
-            # and round what a --quantization-aware model did not learn to round
+            # only the matmuls: ONNX Runtime would also store the embedding tables in uint8 (QEmbedLayerNormalization,
+            # Gather), which saves memory, not time, and cost 0.9 F1 of the 1.3 the export lost (2,000 dev
+            # questions, 2026-12-06, BENCHMARKS.md)
             quantize_dynamic(str(fused), str(staged / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Attention"],
                              nodes_to_exclude=[] if int8_everywhere else _outlier_matmuls(fused),
@@ -101,12 +99,6 @@ def _check_target(out: Path, source: str) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_onnx_folder(out))):
         raise ModelError(f"--out {out} exists and is not an exported model folder (it would be replaced); "
                          "choose another output folder, or remove it first")
-
-
-def trained_quantization_aware(source: str) -> bool:
-    """Whether a reader or classifier folder was trained with `--quantization-aware` (its spanqa.json says so)."""
-    settings = Path(source) / SETTINGS_FILE
-    return settings.exists() and bool(json.loads(settings.read_text()).get("training", {}).get("quantization_aware"))
 
 
 def _classifier_settings(source: str) -> dict | None:

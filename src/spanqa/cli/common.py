@@ -19,9 +19,6 @@ TimeBudget = Annotated[Optional[str], typer.Option(
     help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it")]
 TrainPrecision = Annotated[Optional[str], typer.Option(
     help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)")]
-QuantizationAware = Annotated[bool, typer.Option(
-    "--quantization-aware", help="Train with int8 rounding simulated as ONNX Runtime runs it: an int8 export "
-                                 "(spanqa export --int8-everywhere) then gives the fp32 answers at int8 speed")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir")]
 Force = Annotated[bool, typer.Option("--force", help="Start over in a folder that holds a run's checkpoints (they are "
                                      "deleted), or --resume with settings that differ from the run's")]
@@ -46,7 +43,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 warnings.showwarning = _show_warning
 
 SWITCHES = ("resume", "force", "trust_remote_code", "from_scratch", "pre_ln", "whole_word_mask", "version_2", "regression",
-            "answer_windows_only", "quantization_aware")
+            "answer_windows_only")
 
 
 def run_training(build_config, train, recipe: str | None, config: str | None, flags: dict) -> tuple:

@@ -202,16 +202,13 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
                                          help="int8 weights, activations scaled per batch, the feed-forward outputs in "
                                               "fp32: the fastest CPU path within 0.5 F1 of fp32 (BENCHMARKS.md); or fp32"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
-                                                    help="int8 for the feed-forward outputs too: faster, ~1 F1 lower; "
-                                                         "the default for a model trained --quantization-aware, "
-                                                         "which learned its rounding (BENCHMARKS.md)")) -> None:
+                                                    help="int8 for the feed-forward outputs too: faster, ~1 F1 lower")) -> None:
     """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
     classify predict and serve run transparently."""
-    from spanqa.export import export_onnx, trained_quantization_aware
+    from spanqa.export import export_onnx
 
     if int8_everywhere and not int8:
         fail("--fp32 and --int8-everywhere contradict each other: give one of them")
-    int8_everywhere = int8_everywhere or (int8 and trained_quantization_aware(model))
     suffix = "int8-everywhere" if int8_everywhere else "int8" if int8 else "onnx"
     target = out or Path(f"{model.rstrip('/')}-{suffix}")
     from spanqa.models import ModelError

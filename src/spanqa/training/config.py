@@ -46,7 +46,6 @@ class LoopConfig:
     trust_remote_code: bool = False
     log_steps: int = 20
     time_budget: str | None = None     # e.g. "30m": the schedule follows elapsed time and the run ends within it
-    quantization_aware: bool = False   # every Linear computes in simulated int8, as `spanqa export --int8-everywhere` runs it
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -29,7 +29,6 @@ from spanqa.training.checkpoints import (
     save_checkpoint,
 )
 from spanqa.training.config import LoopConfig
-from spanqa.training.fake_int8 import fake_int8
 from spanqa.training.history import plot_learning_curve, plot_time_to_accuracy
 from spanqa.training.schedule import TimeBudget, linear_factor
 
@@ -95,8 +94,6 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
 
     set_seed(config.seed)
     model = task.build_model()
-    if config.quantization_aware:
-        fake_int8(model)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate,
                                   eps=config.adam_eps)
     processes = accelerator.num_processes
