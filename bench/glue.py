@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(MAIN))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--adapt", metavar="BUDGET", help="Masked-LM on English text first, for this long (e.g. 30m)")
-    parser.add_argument("--pooling", choices=("cls", "mean"), help="`classify train --pooling` (default: [CLS], the recipes' own)")
+    parser.add_argument("--pooling", choices=("cls", "mean"), help="`classify train --pooling` (default: the encoder's own, mean for the packaged MiniLM)")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

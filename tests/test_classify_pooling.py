@@ -63,3 +63,33 @@ def test_pooling_errors(tiny_model, tmp_path):
 
     with pytest.raises(ModelError, match="--pooling cls"):
         use_pooling(Headless(), "mean")
+
+
+def _sentence_transformers_folder(tiny_model, path, **mode):
+    import shutil
+
+    shutil.copytree(tiny_model, path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **mode}))
+    return path
+
+
+def test_a_sentence_transformers_encoder_is_mean_pooled_unless_told(tiny_model, tmp_path):
+    from spanqa.classify.pooling import encoder_pooling
+    from spanqa.models import resolve_model
+
+    mean = _sentence_transformers_folder(tiny_model, tmp_path / "st", pooling_mode_mean_tokens=True)
+    train(toy_config(tmp_path / "a", mean, max_steps=2))
+    assert json.loads((tmp_path / "a" / "out" / "spanqa.json").read_text())["pooling"] == "mean"
+    train(toy_config(tmp_path / "b", mean, max_steps=2, pooling="cls"))  # --pooling cls wins
+    assert json.loads((tmp_path / "b" / "out" / "spanqa.json").read_text())["pooling"] == "cls"
+    cls = _sentence_transformers_folder(tiny_model, tmp_path / "st-cls", pooling_mode_cls_token=True)
+    assert encoder_pooling(str(cls)) == "cls"
+    assert encoder_pooling(str(tiny_model)) == "cls"  # a plain encoder: BERT's [CLS]
+    assert encoder_pooling(resolve_model("default")) == "mean"  # the packaged all-MiniLM-L6-v2
+    config = json.loads((mean / "config.json").read_text())
+    (mean / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    assert encoder_pooling(str(mean)) == "cls"  # its classifier has no pooler to replace

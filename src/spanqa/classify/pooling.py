@@ -11,6 +11,9 @@ classifier was trained with. Which one is better is a measurement per task (BENC
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from spanqa.models import ModelError
@@ -31,6 +34,24 @@ class MeanPooler(torch.nn.Module):
         mask = (torch.ones(hidden_states.shape[:2], device=hidden_states.device) if self.mask is None
                 else self.mask).unsqueeze(-1).to(hidden_states.dtype)
         return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def encoder_pooling(folder: str) -> str:
+    """The pooling an encoder folder was trained for: "mean" for a sentence-transformers BERT whose Pooling
+    module mean-pools (its modules.json and 1_Pooling/config.json, as the packaged MiniLM ships), else "cls".
+    BERT only: the other families' classifiers read [CLS] in their own heads, with no pooler to replace."""
+    root = Path(folder)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        if json.loads((root / "config.json").read_text()).get("model_type") != "bert":
+            return "cls"
+        pooling = next(m for m in modules if m.get("type", "").endswith(".Pooling"))
+        mode = json.loads((root / pooling.get("path", "") / "config.json").read_text())
+    except (OSError, ValueError, StopIteration):  # not a sentence-transformers folder (or not a folder)
+        return "cls"
+    means = mode.get("pooling_mode_mean_tokens") and not any(
+        mode.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens"))
+    return "mean" if means else "cls"
 
 
 def use_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:

@@ -33,7 +33,7 @@ from spanqa.classify.glue import (
 )
 from spanqa.classify.inputs import SentenceTable, cached_table
 from spanqa.classify.metrics import classification_scores
-from spanqa.classify.pooling import POOLINGS, use_pooling
+from spanqa.classify.pooling import POOLINGS, encoder_pooling, use_pooling
 from spanqa.data.batches import model_inputs
 from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
@@ -111,11 +111,12 @@ class ClassifyTask:
         self.settings = ClassifierSettings(self.format, self.labels, config.max_seq_length, self._pooling())
 
     def _pooling(self) -> str:
-        """--pooling, else the pooling of the classifier training continues from, else BERT's [CLS]."""
+        """--pooling, else the pooling of the classifier training continues from, else the encoder's own:
+        mean for sentence-transformers BERTs (the packaged MiniLM), [CLS] for the rest."""
         if self.config.pooling is not None:
             return self.config.pooling
         model = resolve_model(self.config.model)
-        return ClassifierSettings.read(model).pooling if is_classifier_folder(model) else "cls"
+        return ClassifierSettings.read(model).pooling if is_classifier_folder(model) else encoder_pooling(model)
 
     def prepare(self, show: bool) -> None:
         self.train_t = self._table("train", self.train_set, show)

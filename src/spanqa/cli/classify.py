@@ -50,8 +50,10 @@ def train_cmd(
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, adam_eps: Optional[float] = None,
     max_seq_length: Optional[int] = typer.Option(None, help="Tokens per example (pairs truncated longest first; default 128)"),
-    pooling: Optional[str] = typer.Option(None, help="Sentence vector: cls (BERT's [CLS] pooler; the default) or mean (of "
-                                                     "the token vectors, as sentence-transformers encoders were trained)"),
+    pooling: Optional[str] = typer.Option(None, help="Sentence vector: cls (BERT's [CLS] pooler) or mean (of the token vectors, "
+                                                     "as sentence-transformers encoders were trained). Default: the "
+                                                     "starting classifier's; mean for a sentence-transformers BERT such "
+                                                     "as the packaged MiniLM; else cls"),
     seed: Optional[int] = None,
     precision: TrainPrecision = None,
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, eval_batch_size: Optional[int] = None,
