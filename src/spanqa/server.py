@@ -29,7 +29,7 @@ from spanqa.classify import serving as classify_serving
 from spanqa.classify.classifier import Classifier
 from spanqa.qa.decode import Answer
 from spanqa.qa.reader import Reader
-from spanqa.serving_limits import RequestGuard, timed_h11, validation_error
+from spanqa.serving_limits import NonBlank, RequestGuard, timed_h11, validation_error
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,14 @@ class Job:
     since: float = field(default_factory=time.monotonic)
 
 
-NOT_BLANK = r"\S"  # at least one character that is not white space: a blank question is a 422, not a batch error
-
-
 class AnswerRequest(BaseModel):
-    question: str = Field(min_length=1, pattern=NOT_BLANK, description="The question")
-    context: str = Field(min_length=1, pattern=NOT_BLANK, description="The passage to find the answer in")
+    question: NonBlank = Field(description="The question")
+    context: NonBlank = Field(description="The passage to find the answer in")
     top_k: int = Field(1, ge=1, description="How many answers")
 
 
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, pattern=NOT_BLANK)
+    question: NonBlank
     top_k: int = Field(1, ge=1, description="How many answers")
     passages: int = Field(5, ge=1, le=50, description="How many passages to retrieve and read")
     mode: str = Field("hybrid", pattern="^(bm25|dense|hybrid)$")

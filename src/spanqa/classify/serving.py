@@ -13,6 +13,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from spanqa.classify.classifier import TASK, Classifier, Prediction
+from spanqa.serving_limits import NonBlank
 
 NOT_A_READER = ("this server runs a classifier: POST /v1/classify with {\"text\": ...} (and \"pair\" for a pair "
                 "classifier); /v1/answer and /v1/ask need a reader folder")
@@ -21,7 +22,7 @@ NOT_A_CLASSIFIER = ("this server runs a question-answering reader: POST /v1/answ
 
 
 class ClassifyRequest(BaseModel):
-    text: str = Field(min_length=1, pattern=r"\S", description="The text to classify (the first sentence of a pair)")
+    text: NonBlank = Field(description="The text to classify (the first sentence of a pair)")
     pair: str | None = Field(None, min_length=1, description="The second sentence, for a pair classifier "
                                                                "(/health: pairs); omit it otherwise")
 
