@@ -65,7 +65,7 @@ class ClassifyConfig(LoopConfig):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 128
-    pooling: str | None = None         # cls | mean; default: a starting classifier's own, else cls
+    pooling: str | None = None         # cls | mean; default: a starting classifier's own, else the encoder's (encoder_pooling)
 
     def __post_init__(self) -> None:
         super().__post_init__()
