@@ -200,7 +200,7 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
                onnx: bool = typer.Option(True, "--onnx", hidden=True),
                int8: bool = typer.Option(True, "--int8/--fp32",
                                          help="int8 weights, activations scaled per batch, the feed-forward outputs in "
-                                              "fp32: within 0.5 F1 of fp32, and the fastest CPU path so without AMX (BENCHMARKS.md); or fp32"),
+                                              "fp32: within 0.5 F1 of fp32, and on CPUs without AMX the fastest path that is (BENCHMARKS.md); or fp32"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
                                                     help="int8 for the feed-forward outputs too: faster, ~0.7 F1 lower")) -> None:
     """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
