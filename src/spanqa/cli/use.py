@@ -200,9 +200,9 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
                onnx: bool = typer.Option(True, "--onnx", hidden=True),
                int8: bool = typer.Option(True, "--int8/--fp32",
                                          help="int8 weights, activations scaled per batch, the feed-forward outputs in "
-                                              "fp32: within 0.5 F1 of fp32, and on CPUs without AMX the fastest path that is (BENCHMARKS.md); or fp32"),
+                                              "fp32: 0.4-0.8 F1 below fp32 (BENCHMARKS.md), on CPUs without AMX the fastest path near fp32's F1; or fp32"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
-                                                    help="int8 for the feed-forward outputs too: faster, ~0.7 F1 lower")) -> None:
+                                                    help="int8 for the feed-forward outputs too: faster, 0.7-2.3 F1 lower")) -> None:
     """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
     classify predict and serve run transparently."""
     from spanqa.export import export_onnx
