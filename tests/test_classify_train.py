@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 from spanqa.classify.classifier import Classifier
 from spanqa.classify.evaluate import evaluate_classifier, predict_file
-from spanqa.classify.task import ClassifyConfig, build_config, prepare_data, train
+from spanqa.classify.task import ClassifyConfig, build_config, train
 from spanqa.data.sources import DataError
 from spanqa.training.config import ConfigError
 
@@ -141,16 +141,6 @@ def test_pairs_from_csv_and_the_pair_classifier_api(tmp_path, tiny_model):
     assert p.label in ("different", "same")
     with pytest.raises(ValueError, match="sentence pairs"):
         clf.predict(["a single text"])
-
-    one_order, _ = prepare_data(cfg)
-    both, dev = prepare_data(toy_config(tmp_path, tiny_model, task=None, train_file=cfg.train_file,
-                                        dev_file=cfg.dev_file, text_field="first", pair_field="second",
-                                        label_field="relation", both_orders=True))
-    assert both.examples[:48] == one_order.examples and len(both.examples) == 96 and len(dev.examples) == 16
-    assert all((s.text, s.pair, s.label, s.line) == (e.pair, e.text, e.label, e.line)
-               for e, s in zip(both.examples[:48], both.examples[48:]))
-    with pytest.raises(ConfigError, match="both_orders needs sentence pairs"):
-        toy_config(tmp_path, tiny_model, both_orders=True)  # SST-2: single sentences
 
 
 def test_regression_on_stsb_format(tmp_path, tiny_model):

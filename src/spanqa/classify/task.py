@@ -8,7 +8,7 @@ the output is a classifier folder (HF model with id2label/label2id + `spanqa.jso
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class ClassifyConfig(LoopConfig):
     max_eval_samples: int | None = None
     max_seq_length: int = 128
     pooling: str | None = None         # cls | mean; default: a starting classifier's own, else the encoder's (encoder_pooling)
-    both_orders: bool = False          # symmetric pair tasks (paraphrase, similarity): train on (a, b) and (b, a)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,8 +77,6 @@ class ClassifyConfig(LoopConfig):
             raise ConfigError("max_seq_length must be >= 2")
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
-        if self.both_orders and not self.data_format.pairs:
-            raise ConfigError("both_orders needs sentence pairs (a pair task, or --pair-field)")
 
     @property
     def data_format(self) -> DataFormat:
@@ -190,8 +187,6 @@ def prepare_data(config: ClassifyConfig) -> tuple[TextDataset, TextDataset]:
         check_same_labels(train, dev, fmt)
     if config.max_train_samples:
         train.examples = train.examples[:config.max_train_samples]
-    if config.both_orders:  # each pair once more, its texts swapped (same label, same line for messages)
-        train.examples = train.examples + [replace(e, text=e.pair, pair=e.text) for e in train.examples]
     if config.max_eval_samples:
         dev.examples = dev.examples[:config.max_eval_samples]
     # a cut (or a held-out share) may leave a rare label out of train: dev must not need it

@@ -54,8 +54,6 @@ def train_cmd(
                                                      "as sentence-transformers encoders were trained). Default: the "
                                                      "starting classifier's; mean for a sentence-transformers BERT such "
                                                      "as the packaged MiniLM; else cls"),
-    both_orders: bool = typer.Option(False, "--both-orders", help="Pairs whose order means nothing (paraphrase, "
-                                                                  "similarity: MRPC, STS-B): train on both orders of each"),
     seed: Optional[int] = None,
     precision: TrainPrecision = None,
     save_steps: Optional[int] = None, eval_steps: Optional[int] = None, eval_batch_size: Optional[int] = None,
