@@ -118,6 +118,9 @@ def test_csv_errors(tmp_path):
     assert f"{path}, line 5: field 'label': missing label" in message
     with pytest.raises(DataError, match="no column 'sentence'.*--text-field"):
         load_texts(path, DataFormat(text_field="sentence"))
+    for blank_first in ("\n", "\ntext,label\nfine,a\n"):  # found by test_random_bytes: was an IndexError
+        with pytest.raises(DataError, match="line 1: empty; the first line must be the header"):
+            load_texts(write(tmp_path / "blank.csv", blank_first), DataFormat())
 
 
 def test_jsonl_fields_numeric_labels_and_errors(tmp_path):

@@ -240,6 +240,9 @@ def _header_rows(path: Path, delimiter: str, fmt: DataFormat, problems: list[Pro
         header = next(reader, None)
         if header is None:
             return
+        if not header:  # csv reads a blank first line as a row of no cells
+            raise DataError(f"{path}, line 1: empty; the first line must be the header naming the columns "
+                            "(e.g. text,label)")
         header = [header[0].removeprefix("\ufeff"), *header[1:]]
         wanted = [n for n in (fmt.text_field, fmt.pair_field) if n]
         absent = [n for n in wanted if n not in header]
