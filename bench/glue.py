@@ -3,6 +3,7 @@
     python bench/glue.py [--work /work/runs/glue] [--tasks sst2 mrpc rte cola stsb] [--seeds 3]
     python bench/glue.py --work /work/runs/glue-adapted --adapt 60m --tasks cola mrpc --seeds 1 --tag=-adapted
     python bench/glue.py --work /work/runs/glue-mean --tasks mrpc --pooling mean --tag=-mean-mrpc
+    python bench/glue.py --work /work/runs/glue-lr5e-5 --tasks mrpc --train-args="--learning-rate 5e-5" --tag=-lr5e-5
 
 `--adapt 30m` first continues the packaged MiniLM with masked-LM on English text (the SQuAD train
 contexts: Wikipedia) for that time budget, and starts every task from it: all-MiniLM-L6-v2's contrastive
@@ -36,10 +37,11 @@ PUBLISHED = {"minilm_l6_h384": {"sst2": 91.5, "mrpc": 88.9, "rte": 68.8, "cola":
 SEEDED = {"mrpc", "rte", "stsb"}
 
 
-def run(task: str, seed: int, work: Path, model: Path | None = None, pooling: str | None = None) -> dict:
+def run(task: str, seed: int, work: Path, model: Path | None = None, pooling: str | None = None,
+        extra: list[str] = ()) -> dict:
     out = work / f"{task}-seed{seed}"
     args = ["classify", "train", "--recipe", f"glue-{task}", "--seed", str(seed), "--output-dir", str(out),
-            *(["--model", str(model)] if model else []), *(["--pooling", pooling] if pooling else [])]
+            *(["--model", str(model)] if model else []), *(["--pooling", pooling] if pooling else []), *extra]
     if not (out / "metrics.json").exists():
         if any((out / "checkpoints").glob("checkpoint-*")):
             args.append("--resume")  # an interrupted run continues from its last checkpoint
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--adapt", metavar="BUDGET", help="Masked-LM on English text first, for this long (e.g. 30m)")
     parser.add_argument("--pooling", choices=("cls", "mean"), help="`classify train --pooling` (default: the encoder's own, mean for the packaged MiniLM)")
+    parser.add_argument("--train-args", default="", help="More `classify train` options for every run, e.g. \"--epochs 3\"")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ def main() -> None:
     model = adapt(args.work, args.adapt) if args.adapt else None
     for task in args.tasks:
         seeds = range(42, 42 + (args.seeds if task in SEEDED else 1))
-        runs = [run(task, seed, args.work, model, args.pooling) for seed in seeds]
+        runs = [run(task, seed, args.work, model, args.pooling, shlex.split(args.train_args)) for seed in seeds]
         main_metric = MAIN[task]
         values = [100 * r[main_metric] for r in runs]  # metrics are fractions; published numbers are percents
         results[task] = {"metric": main_metric, "median": statistics.median(values), "runs": values,
