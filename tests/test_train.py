@@ -108,6 +108,21 @@ def test_bf16_autocast_on_cpu_trains_like_fp32_with_fp32_weights(tmp_path, tiny_
     assert {a.dtype for a in weights} == {np.dtype("float32")}
 
 
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, tiny_model, monkeypatch):
+    """--precision bf16 where the CPU only emulates it (6-7x slower than fp32, BENCHMARKS.md) says so."""
+    import warnings
+
+    from spanqa.training import engine
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        train(tiny_config(tmp_path / "bf16", tiny_model, max_steps=2, precision="bf16"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tiny_config(tmp_path / "auto", tiny_model, max_steps=2, precision="auto"))  # auto: fp32 here
+    assert not [w for w in caught if "emulated" in str(w.message)]
+
+
 def test_epoch_batches_are_reproducible_and_cover_everything():
     lengths = np.random.default_rng(0).integers(10, 100, size=103)
     a = epoch_batches(lengths, 8, seed=1, epoch=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -86,6 +87,9 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     # cpu=True on CPU-only machines: without it accelerate ignores torchrun and every rank trains alone
     accelerator = Accelerator(mixed_precision=mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX) and much slower than fp32 "
+                      "(BENCHMARKS.md): --precision auto trains in fp32 here", stacklevel=2)
     # refuse a new run over another run's checkpoints, or a resume with other settings, before any work
     run_settings = begin_run(out, config, is_main, accelerator.wait_for_everyone)
     with accelerator.main_process_first():
