@@ -109,7 +109,7 @@ def test_bf16_autocast_on_cpu_trains_like_fp32_with_fp32_weights(tmp_path, tiny_
 
 
 def test_explicit_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, tiny_model, monkeypatch):
-    """--precision bf16 where the CPU only emulates it (6-7x slower than fp32, BENCHMARKS.md) says so."""
+    """--precision bf16 where the CPU only emulates it (reading 6-7x slower than fp32, BENCHMARKS.md) says so."""
     import warnings
 
     from spanqa.training import engine

@@ -271,7 +271,7 @@ def for_inference(model, device, precision: str = "fp32"):
         return model, None
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if autocast_dtype is not None and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX) and reads slower than fp32 "
+        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX) and reads 6-7x slower than fp32 "
                       "(BENCHMARKS.md): use fp32, or `spanqa export` for int8", stacklevel=3)
     if autocast_dtype is not None:
         for module in model.modules():
