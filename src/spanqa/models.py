@@ -240,6 +240,11 @@ def keep_layers(model, keep: int):
     return model
 
 
+# what --precision bf16 costs on a CPU without AVX512-BF16 or AMX, said where reading and training start
+EMULATED_BF16 = ("bf16 on this CPU is emulated (no AVX512-BF16 or AMX; reading measured 6-7x slower than fp32, "
+                 "BENCHMARKS.md)")
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 autocast trains ~1.5x faster (BENCHMARKS.md); elsewhere it is emulated."""
     import torch
@@ -271,8 +276,7 @@ def for_inference(model, device, precision: str = "fp32"):
         return model, None
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if autocast_dtype is not None and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX) and reads 6-7x slower than fp32 "
-                      "(BENCHMARKS.md): use fp32, or `spanqa export` for int8", stacklevel=3)
+        warnings.warn(f"{EMULATED_BF16}: use fp32, or `spanqa export` for int8", stacklevel=3)
     if autocast_dtype is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from spanqa.files import atomic_write_json
-from spanqa.models import cpu_has_native_bf16
+from spanqa.models import EMULATED_BF16, cpu_has_native_bf16
 from spanqa.progress import progress_bar
 from spanqa.training.checkpoints import (
     TrainState,
@@ -88,8 +88,7 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
     accelerator = Accelerator(mixed_precision=mixed_precision(config.precision), cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16 or AMX; reading measured 6-7x slower than fp32, "
-                      "BENCHMARKS.md): --precision auto trains in fp32 here", stacklevel=2)
+        warnings.warn(f"{EMULATED_BF16}: --precision auto trains in fp32 here", stacklevel=2)
     # refuse a new run over another run's checkpoints, or a resume with other settings, before any work
     run_settings = begin_run(out, config, is_main, accelerator.wait_for_everyone)
     with accelerator.main_process_first():
