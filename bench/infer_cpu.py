@@ -9,7 +9,8 @@ answering the same `--questions` questions. Reported: the median and min-max que
 to the pipeline (with the range the rounds allow), the spread of the rounds and the load average,
 and EM/F1 (answers are the same in every round; the script checks it). Everyone uses windows of
 384/128/64 and answers of at most 30 tokens. Questions/s counts everything from text to answer
-(tokenization, windows, model, decoding).
+(tokenization, windows, model, decoding). `--paths ...,onnx_checked` adds `spanqa export --check`'s choice, made on
+dev questions the benchmark does not read (`--check-questions`, default 5000:6000).
 
     python bench/infer_cpu.py [--model runs/quick] [--questions 2000] [--rounds 3] [--paths pipeline,onnx_int8]
 """
@@ -38,7 +39,7 @@ from common import (
 PEER_VENV = Path(tempfile.gettempdir()) / "spanqa-bench-transformers4"
 WINDOWS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 WARMUP_QUESTIONS = 32
-PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere")
+PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere", "onnx_checked")
 
 PEER_SCRIPT = r"""
 import json, sys, time
@@ -103,13 +104,23 @@ class Peer:
         self.process.wait(60)
 
 
-def load_readers(model: str, paths: list[str], tmp: Path) -> dict:
-    """Every spanqa path asked for, loaded before the first round (exports written under `tmp`)."""
+def load_readers(model: str, paths: list[str], tmp: Path, check: list | None = None) -> dict:
+    """Every spanqa path asked for, loaded before the first round (exports written under `tmp`).
+    onnx_checked is `spanqa export --check` on the `check` examples (dev questions the benchmark does not read):
+    the fastest export within 0.5 F1 of fp32 there; what it measured is returned under "check"."""
+    from dataclasses import asdict
+
     from spanqa.export import export_onnx
+    from spanqa.export_check import export_checked
     from spanqa.qa.reader import Reader
+    from spanqa.qa.squad import write_jsonl
     from spanqa.qa.windows import WindowSettings
 
     folders = {"torch_fp32": (model, "fp32"), "torch_bf16": (model, "bf16")}
+    if "onnx_checked" in paths:
+        write_jsonl(check, tmp / "check.jsonl")
+        checked = export_checked(model, str(tmp / "check.jsonl"), tmp / "onnx_checked", max_loss=0.5)
+        folders["onnx_checked"] = (checked.path, "fp32")
     # onnx_int8 is `spanqa export`'s default
     exports = {"onnx_fp32": {}, "onnx_int8": {"int8": True}, "onnx_int8_everywhere": {"int8": True, "int8_everywhere": True}}
     readers = {}
@@ -119,6 +130,8 @@ def load_readers(model: str, paths: list[str], tmp: Path) -> dict:
         if name in folders:
             readers[name] = Reader.load(folders[name][0], precision=folders[name][1])
             readers[name].settings.windows = WindowSettings(**WINDOWS)
+    if "onnx_checked" in paths:
+        readers["check"] = asdict(checked)
     return readers
 
 
@@ -133,7 +146,9 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "runs" / "quick"))
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
+    ap.add_argument("--paths", default=",".join(PATHS[:-1]), help=f"comma-separated, from {', '.join(PATHS)}")
+    ap.add_argument("--check-questions", default="5000:6000",
+                    help="onnx_checked: the dev questions `spanqa export --check` scores (never the benchmark's)")
     args = ap.parse_args()
     paths = args.paths.split(",")
     if unknown := set(paths) - set(PATHS):
@@ -151,13 +166,17 @@ def main() -> None:
     model = resolve_model(args.model)  # a folder both sides can read ("default": the packaged MiniLM)
     dev = load_dataset(SQUAD / "dev-v1.1.json.gz").examples
     examples = dev[:args.questions]
+    lo, hi = map(int, args.check_questions.split(":"))
+    if lo < args.questions:
+        ap.error("--check-questions must not overlap the benchmark's questions")
     data = as_squad_data(examples)
     predictions: dict[str, dict] = {}
     stable: dict[str, bool] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        readers = load_readers(model, paths, tmp)
+        readers = load_readers(model, paths, tmp, dev[lo:hi])
+        check = readers.pop("check", None)
         peer = Peer(model, examples, tmp)
 
         def one_run(name: str, n: int) -> tuple[float, dict]:
@@ -185,6 +204,10 @@ def main() -> None:
                    same_answers_every_round=stable[name])
     result.update(model=args.model, questions=len(examples), unit="questions/s", torch_threads=torch.get_num_threads(),
                   peer=peer.versions, windows=WINDOWS)
+    if check:
+        result["export_check"] = check
+        print(f"onnx_checked: export --check on dev questions {args.check_questions} chose {check['chosen']} "
+              f"({check['scores']})")
     print(json.dumps(result, indent=2))
     print_report(result, "questions/s")
     for name, row in result["contenders"].items():

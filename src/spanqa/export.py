@@ -40,7 +40,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
 
     source = resolve_model(model)
     out = Path(out_dir)
-    _check_target(out, source)
+    check_target(out, source)
     tokenizer = load_tokenizer(source)
     classifier = _classifier_settings(source)
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
@@ -92,7 +92,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     return out
 
 
-def _check_target(out: Path, source: str) -> None:
+def check_target(out: Path, source: str) -> None:
     """The output folder is replaced whole: refuse the model's own folder, and a folder of other files."""
     if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
         raise ModelError(f"--out {out} is the model's own folder; choose another output folder")

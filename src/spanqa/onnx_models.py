@@ -39,6 +39,7 @@ class _OnnxModel:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.config = AutoConfig.from_pretrained(folder)
         self.path = Path(folder) / ONNX_FILE
+        self.device = torch.device("cpu")
 
     def run(self, outputs: Sequence[str], inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
         feeds = {k: v.numpy().astype(np.int64) for k, v in inputs.items() if k in self.input_names}

@@ -202,21 +202,41 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
                                          help="int8 weights, activations scaled per batch, the feed-forward outputs in "
                                               "fp32: 0.4-0.8 F1 below fp32 (BENCHMARKS.md), on CPUs without AMX the fastest path near fp32's F1; or fp32"),
                int8_everywhere: bool = typer.Option(False, "--int8-everywhere",
-                                                    help="int8 for the feed-forward outputs too: faster, 0.7-2.3 F1 lower")) -> None:
+                                                    help="int8 for the feed-forward outputs too: faster, 0.7-2.3 F1 lower"),
+               check: Optional[str] = typer.Option(None, "--check", metavar="DATA",
+                                                   help="Labelled data held out from what you will report (SQuAD data "
+                                                        "for a reader, the classifier's format for a classifier): write "
+                                                        "the fastest export within --max-loss of fp32 on it"),
+               max_loss: float = typer.Option(0.5, help="With --check: points of F1 (or of the classifier's main "
+                                                        "metric x 100) the export may lose against fp32"),
+               check_samples: Optional[int] = typer.Option(None, help="With --check: score the first N examples only")) -> None:
     """An ONNX Runtime copy of a reader (or classifier) that `Reader.load` (`Classifier.load`), ask, chat,
     classify predict and serve run transparently."""
-    from spanqa.export import export_onnx
+    from spanqa.models import ModelError
 
     if int8_everywhere and not int8:
         fail("--fp32 and --int8-everywhere contradict each other: give one of them")
-    suffix = "int8-everywhere" if int8_everywhere else "int8" if int8 else "onnx"
-    target = out or Path(f"{model.rstrip('/')}-{suffix}")
-    from spanqa.models import ModelError
+    if check is not None:
+        if int8_everywhere or not int8:
+            fail("--check chooses between int8 everywhere, int8 and fp32 itself: leave out --fp32 and --int8-everywhere")
+        from spanqa.export_check import export_checked
 
-    try:
-        path = export_onnx(model, target, int8=int8, int8_everywhere=int8_everywhere)
-    except ModelError as e:
-        fail(str(e))
+        try:
+            checked = export_checked(model, check, out, max_loss, check_samples, log=print)
+        except (ModelError, ValueError) as e:  # DataError is a ValueError
+            fail(str(e))
+        print(f"chose {checked.chosen}: {checked.metric} {checked.scores[checked.chosen]:.2f} against fp32's "
+              f"{checked.scores['fp32']:.2f} (measured in {checked.path}/export_check.json)")
+        path = Path(checked.path)
+    else:
+        from spanqa.export import export_onnx
+
+        suffix = "int8-everywhere" if int8_everywhere else "int8" if int8 else "onnx"
+        try:
+            path = export_onnx(model, out or Path(f"{model.rstrip('/')}-{suffix}"), int8=int8,
+                               int8_everywhere=int8_everywhere)
+        except ModelError as e:
+            fail(str(e))
     from spanqa.classify.classifier import is_classifier_folder
 
     if is_classifier_folder(path):

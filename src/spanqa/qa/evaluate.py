@@ -77,14 +77,15 @@ def write_report_files(folder: str | Path, examples: Sequence[Example], predicti
 def evaluate_windows(model, examples: list[Example], windows: Windows, decoding: DecodeSettings,
                      batch_size: int, autocast_dtype=None, show: bool = True) -> tuple[dict, list]:
     """Valid loss, token accuracy, EM/F1 and predictions of a model on labelled windows."""
+    was_training = getattr(model, "training", False)  # ONNX models have no training mode
     bar = progress_bar(f"evaluating ({len(windows):,} windows)", len(windows), enabled=show, unit="win")
     try:
         start, end = compute_logits(model, windows, batch_size, autocast_dtype=autocast_dtype, on_batch=bar.advance)
     finally:
         bar.close()
-    was_training = model.training
     preds = decode(examples, windows, start, end, decoding)
-    model.train(was_training)
+    if was_training:
+        model.train()
     metrics = {"valid_loss": _span_loss(start, end, windows),
                **token_accuracy(start, end, np.asarray(windows.start_positions), np.asarray(windows.end_positions)),
                **score_examples(examples, preds)}
@@ -134,6 +135,7 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
         decoding = replace(decoding, version_2=True)
     metrics, preds = evaluate_windows(reader.model, examples, windows, decoding, reader.batch_size,
                                       reader.autocast_dtype)
+    metrics["examples"] = len(examples)
     out = Path(output_dir) if output_dir else Path(reader.path) / "eval"
     calibration = reader.settings.calibration
     if calibrate:

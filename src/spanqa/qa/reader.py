@@ -28,7 +28,7 @@ def compute_logits(model, windows: Windows, batch_size: int = 64, device: torch.
                    autocast_dtype: torch.dtype | None = None,
                    on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Start/end logits (N, L) for all windows, batched by similar length to waste no padding."""
-    device = device or next(model.parameters()).device
+    device = device or getattr(model, "device", None) or next(model.parameters()).device  # ONNX models: .device
     n, length = windows.input_ids.shape
     start = np.full((n, length), -1e4, dtype=np.float32)
     end = np.full((n, length), -1e4, dtype=np.float32)
