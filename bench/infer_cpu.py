@@ -12,7 +12,7 @@ and EM/F1 (answers are the same in every round; the script checks it). Everyone 
 (tokenization, windows, model, decoding). `--paths ...,onnx_checked` adds `spanqa export --check`'s choice, made on
 dev questions the benchmark does not read (`--check-questions`, default 5000:6000).
 
-    python bench/infer_cpu.py [--model runs/quick] [--questions 2000] [--rounds 3] [--paths pipeline,onnx_int8]
+    python bench/infer_cpu.py [--model runs/quick] [--questions 2000] [--rounds 3] [--paths pipeline,onnx_int8] [--tag=-cpu]
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--paths", default=",".join(PATHS[:-1]), help=f"comma-separated, from {', '.join(PATHS)}")
+    ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/infer_cpu{TAG}.json)")
     ap.add_argument("--check-questions", default="5000:6000",
                     help="onnx_checked: the dev questions `spanqa export --check` scores (never the benchmark's)")
     args = ap.parse_args()
@@ -212,7 +213,7 @@ def main() -> None:
     print_report(result, "questions/s")
     for name, row in result["contenders"].items():
         print(f"{name:34s} F1 {row['f1']:.2f} ({row['f1_minus_pipeline']:+.2f} vs pipeline)")
-    save_result("infer_cpu", result)
+    save_result(f"infer_cpu{args.tag}", result)
 
 
 if __name__ == "__main__":
