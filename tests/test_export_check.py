@@ -41,13 +41,19 @@ def test_checked_export_keeps_the_fastest_export_within_the_tolerance(tiny_model
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tmp")) == []  # staging removed
 
 
-def test_export_command_with_check(tiny_model, tmp_path):
+def test_export_command_with_check(tiny_model, tmp_path, capsys):
     folder = reader_folder(tiny_model, tmp_path)
     data = str(write_people(tmp_path / "check.json", 6))
     run = lambda *args: CliRunner().invoke(app, ["export", folder, "--check", data, *args])  # noqa: E731
     result = run("--max-loss", "100")
     assert result.exit_code == 0, result.output
     assert "chose int8-everywhere" in result.output and Path(f"{folder}-int8-everywhere", CHECK_FILE).exists()
+    from spanqa.cli.use import _announce  # serve's start-up line says what the choice rests on
+
+    served = f"{folder}-int8-everywhere"
+    _announce(served, Reader.load(served))
+    line = capsys.readouterr().out
+    assert "ONNX Runtime int8 (cpu); chosen by export --check: f1" in line and "on 12 examples (max loss 100.0)" in line
     for flag in ("--fp32", "--int8-everywhere"):
         result = run(flag)
         assert result.exit_code == 2 and "--check chooses" in result.output

@@ -190,6 +190,11 @@ def _announce(model: str, predictor) -> None:
         hint = f"; faster on CPU: spanqa export {model}, then serve the export"
     elif runtime == "ONNX Runtime fp32 (cpu)":
         hint = "; faster on CPU: export the torch model again without --fp32"
+    check = Path(model) / "export_check.json"
+    if check.is_file():  # `spanqa export --check`: say what the choice rests on
+        c = json.loads(check.read_text())
+        hint = (f"; chosen by export --check: {c['metric']} {c['scores'][c['chosen']]:.2f} against fp32's "
+                f"{c['scores']['fp32']:.2f} on {c['examples']:,} examples (max loss {c['max_loss']})")
     print(f"spanqa serve: {model}, {runtime}{hint}", flush=True)
 
 
