@@ -47,13 +47,17 @@ def test_export_command_with_check(tiny_model, tmp_path, capsys):
     run = lambda *args: CliRunner().invoke(app, ["export", folder, "--check", data, *args])  # noqa: E731
     result = run("--max-loss", "100")
     assert result.exit_code == 0, result.output
-    assert "chose int8-everywhere" in result.output and Path(f"{folder}-int8-everywhere", CHECK_FILE).exists()
+    assert "chosen by export --check: int8-everywhere" in result.output and Path(f"{folder}-int8-everywhere", CHECK_FILE).exists()
     from spanqa.cli.use import _announce  # serve's start-up line says what the choice rests on
 
     served = f"{folder}-int8-everywhere"
     _announce(served, Reader.load(served))
     line = capsys.readouterr().out
-    assert "ONNX Runtime int8 (cpu); chosen by export --check: f1" in line and "on 12 examples (max loss 100.0)" in line
+    assert "ONNX Runtime int8 (cpu); chosen by export --check: int8-everywhere, f1" in line
+    assert "on 12 examples (max loss 100.0)" in line
+    result = run("--max-loss", "-200")  # no int8 export beats fp32 by 200 points
+    assert result.exit_code == 0 and "export --check kept fp32: no int8 export within -200.0" in result.output
+    assert Path(f"{folder}-onnx", CHECK_FILE).exists()
     for flag in ("--fp32", "--int8-everywhere"):
         result = run(flag)
         assert result.exit_code == 2 and "--check chooses" in result.output

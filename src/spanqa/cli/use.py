@@ -192,10 +192,18 @@ def _announce(model: str, predictor) -> None:
         hint = "; faster on CPU: export the torch model again without --fp32"
     check = Path(model) / "export_check.json"
     if check.is_file():  # `spanqa export --check`: say what the choice rests on
-        c = json.loads(check.read_text())
-        hint = (f"; chosen by export --check: {c['metric']} {c['scores'][c['chosen']]:.2f} against fp32's "
-                f"{c['scores']['fp32']:.2f} on {c['examples']:,} examples (max loss {c['max_loss']})")
+        hint = "; " + _check_summary(json.loads(check.read_text()))
     print(f"spanqa serve: {model}, {runtime}{hint}", flush=True)
+
+
+def _check_summary(c: dict) -> str:
+    """What an `export --check` choice rests on, in one clause (export_check.json's fields)."""
+    on = f"on {c['examples']:,} examples"
+    if c["chosen"] == "fp32":
+        return (f"export --check kept fp32: no int8 export within {c['max_loss']} of its {c['metric']} "
+                f"{c['scores']['fp32']:.2f} {on}")
+    return (f"chosen by export --check: {c['chosen']}, {c['metric']} {c['scores'][c['chosen']]:.2f} against fp32's "
+            f"{c['scores']['fp32']:.2f} {on} (max loss {c['max_loss']})")
 
 
 @app.command("export")
@@ -230,8 +238,7 @@ def export_cmd(model: str = typer.Argument(..., help="Reader or classifier folde
             checked = export_checked(model, check, out, max_loss, check_samples, log=print)
         except (ModelError, ValueError) as e:  # DataError is a ValueError
             fail(str(e))
-        print(f"chose {checked.chosen}: {checked.metric} {checked.scores[checked.chosen]:.2f} against fp32's "
-              f"{checked.scores['fp32']:.2f} (measured in {checked.path}/export_check.json)")
+        print(f"{_check_summary(asdict(checked))} (measured in {checked.path}/export_check.json)")
         path = Path(checked.path)
     else:
         from spanqa.export import export_onnx
