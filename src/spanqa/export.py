@@ -68,18 +68,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
         staged = Path(tmp) / "reader"
         staged.mkdir()
         if int8:
-            from onnx import TensorProto
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            # per-channel weight scales: -0.4 F1 on 300 dev questions where per-tensor lost 2.8 (bench/infer_cpu.py);
-            # fused ops come from ONNX Runtime's own domain, where shape inference cannot type them
-            # only the matmuls: ONNX Runtime would also store the embedding tables in uint8 (QEmbedLayerNormalization,
-            # Gather), which saves memory, not time, and cost 0.9 F1 of the 1.3 the export lost (2,000 dev
-            # questions, 2026-12-06, BENCHMARKS.md)
-            quantize_dynamic(str(fused), str(staged / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Attention"],
-                             nodes_to_exclude=[] if int8_everywhere else _outlier_matmuls(fused),
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+            quantize_onnx(fused, staged / ONNX_FILE, int8_everywhere)
         else:
             shutil.copy(fused, staged / ONNX_FILE)
         tokenizer.save_pretrained(staged)
@@ -90,6 +79,22 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
             shutil.rmtree(out)
         os.replace(staged, out)  # the folder appears complete or not at all
     return out
+
+
+def quantize_onnx(fused: Path, target: Path, int8_everywhere: bool = False) -> None:
+    """Write the int8 copy of an fp32 export's graph (`export_onnx`'s `int8`, `int8_everywhere`) to `target`."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # per-channel weight scales: -0.4 F1 on 300 dev questions where per-tensor lost 2.8 (bench/infer_cpu.py);
+    # fused ops come from ONNX Runtime's own domain, where shape inference cannot type them
+    # only the matmuls: ONNX Runtime would also store the embedding tables in uint8 (QEmbedLayerNormalization,
+    # Gather), which saves memory, not time, and cost 0.9 F1 of the 1.3 the export lost (2,000 dev
+    # questions, 2026-12-06, BENCHMARKS.md)
+    quantize_dynamic(str(fused), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention"],
+                     nodes_to_exclude=[] if int8_everywhere else _outlier_matmuls(fused),
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
 def check_target(out: Path, source: str) -> None:

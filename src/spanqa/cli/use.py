@@ -183,16 +183,16 @@ def _announce(model: str, predictor) -> None:
 
     runtime = describe_runtime(predictor.model, predictor.device, predictor.autocast_dtype)
     hint = ""
-    if runtime == "torch fp32 (cpu)" and cpu_has_native_bf16():
+    check = Path(model) / "export_check.json"
+    if check.is_file():  # `spanqa export --check`: say what the choice rests on
+        hint = "; " + _check_summary(json.loads(check.read_text()))
+    elif runtime == "torch fp32 (cpu)" and cpu_has_native_bf16():
         # bf16 reads at fp32's F1; with AMX it is also faster than the int8 export (BENCHMARKS.md, issue 17)
         hint = f"; faster on this CPU: --precision bf16, or spanqa export {model} (int8) and serve the export"
     elif runtime.startswith("torch") and predictor.device.type == "cpu":
         hint = f"; faster on CPU: spanqa export {model}, then serve the export"
     elif runtime == "ONNX Runtime fp32 (cpu)":
         hint = "; faster on CPU: export the torch model again without --fp32"
-    check = Path(model) / "export_check.json"
-    if check.is_file():  # `spanqa export --check`: say what the choice rests on
-        hint = "; " + _check_summary(json.loads(check.read_text()))
     print(f"spanqa serve: {model}, {runtime}{hint}", flush=True)
 
 
