@@ -1,6 +1,7 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
-    python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3] [--from-teacher]
+    python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
+                            [--from-teacher] [--tag=-t45]
 
 1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
    of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
@@ -13,7 +14,7 @@
    `--read-questions` dev questions, with torch fp32 and with `spanqa export`'s default (ONNX int8),
    windows 384/128 as bench/infer_cpu.py; medians of `--rounds` rounds and the student/teacher ratios.
 
-Results: bench/results/distill.json.
+Results: bench/results/distill{TAG}.json.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--read-questions", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
     ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
     args = ap.parse_args()
 
@@ -112,7 +114,7 @@ def main() -> None:
     print(f"distillation adds {scores['distilled']['f1'] - scores['student']['f1']:+.2f} F1; "
           f"student - teacher {scores['distilled']['f1'] - scores['teacher']['f1']:+.2f} F1; speed "
           + ", ".join(f"{p} {r['median']:.2f}x" for p, r in speed["student_x_teacher"].items()))
-    save_result("distill", result)
+    save_result(f"distill{args.tag}", result)
 
 
 if __name__ == "__main__":
