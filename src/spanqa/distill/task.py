@@ -77,10 +77,11 @@ class DistillTask(QATask):
         def examples() -> list:  # read again only if the teacher needs its own windows
             return self.train_set.examples if isinstance(self.train_set, Dataset) else _first_examples(config)
 
+        # checked before the teacher's logits (minutes on a large set) are computed
+        self.hidden_teacher = _hidden_teacher(config, self.tokenizer) if config.distill_hidden else None
         self.teacher = teacher_logits(config.teacher, examples, self.train_w, self.tokenizer, config.windows,
                                       config.eval_batch_size, autocast_dtype_for(config.precision), show,
                                       config.trust_remote_code)
-        self.hidden_teacher = _hidden_teacher(config, self.tokenizer) if config.distill_hidden else None
 
     def loss(self, model, rows: np.ndarray, device, epoch: int) -> torch.Tensor:
         rows = self.window_rows(rows)
@@ -109,7 +110,8 @@ def _hidden_teacher(config: TrainConfig, student_tokenizer) -> torch.nn.Module:
     (the same tokenizer) and have the student's hidden size (no projection is learned)."""
     from transformers import AutoConfig
 
-    if fingerprint_tokenizer(load_tokenizer(config.teacher, config.trust_remote_code)) != fingerprint_tokenizer(student_tokenizer):
+    teacher_tokenizer = load_tokenizer(config.teacher, config.trust_remote_code)
+    if fingerprint_tokenizer(teacher_tokenizer) != fingerprint_tokenizer(student_tokenizer):
         raise ConfigError("--distill-hidden needs a teacher that tokenizes as the student does (the hidden states "
                           "of different tokens cannot be compared); use logit distillation alone (--distill-hidden 0)")
     sizes = [AutoConfig.from_pretrained(m, trust_remote_code=config.trust_remote_code).hidden_size
