@@ -1,7 +1,7 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
     python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
-                            [--from-teacher] [--hidden 1.0] [--tag=-t45]
+                            [--from-teacher] [--tag=-t45]
 
 1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
    of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
@@ -9,7 +9,6 @@
    same first `--questions` train-v1.1 questions for one epoch (the same steps, seed and settings): one
    on the gold spans only, one with `--teacher` (KL at T=2 mixed 50/50 with the gold loss). Every run is
    a `spanqa train` command, printed before it runs; a finished run is skipped, an interrupted one resumed.
-   `--hidden W` adds a third student, distilled with the hidden-state loss too (`--distill-hidden W`).
 2. The teacher and both students are scored on all of dev-v1.1 (`spanqa evaluate`, fp32).
 3. Reading speed: the teacher and the distilled student take turns (A B A B ...) answering the same
    `--read-questions` dev questions, with torch fp32 and with `spanqa export`'s default (ONNX int8),
@@ -67,7 +66,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
     ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
-    ap.add_argument("--hidden", type=float, default=0.0, help="add a student distilled with --distill-hidden W")
     args = ap.parse_args()
 
     settings = [a.format(layers=args.layers, questions=args.questions) for a in STUDENT]
@@ -77,10 +75,6 @@ def main() -> None:
     spanqa(["train", *settings, "--output-dir", str(students["student"])], students["student"] / "metrics.json")
     spanqa(["train", *settings, "--teacher", args.teacher, "--output-dir", str(students["distilled"])],
            students["distilled"] / "metrics.json")
-    if args.hidden:
-        students["hidden"] = args.work / f"distilled-hidden{args.hidden:g}-{args.layers}l"
-        spanqa(["train", *settings, "--teacher", args.teacher, "--distill-hidden", f"{args.hidden:g}",
-                "--output-dir", str(students["hidden"])], students["hidden"] / "metrics.json")
 
     dev = SQUAD / "dev-v1.1.json.gz"
     models = {"teacher": Path(args.teacher), **students}
@@ -110,17 +104,15 @@ def main() -> None:
     print_report(speed, "questions/s")
     result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
               "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
-              "from_teacher": args.from_teacher, "hidden": args.hidden,
+              "from_teacher": args.from_teacher,
               "questions": args.questions, "read_questions": len(examples),
               "student_command": "spanqa train " + shlex.join(settings),
               "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
     for name, s in result["dev_full"].items():
         print(f"{name:10s} all of dev-v1.1: EM {s['exact_match']:.1f} F1 {s['f1']:.1f}  "
               f"(training {train_minutes[name]:.1f} min)")
-    for name in ("distilled", "hidden") if args.hidden else ("distilled",):
-        print(f"{name}: distillation adds {scores[name]['f1'] - scores['student']['f1']:+.2f} F1; "
-              f"student - teacher {scores[name]['f1'] - scores['teacher']['f1']:+.2f} F1")
-    print("speed, distilled student / teacher: "
+    print(f"distillation adds {scores['distilled']['f1'] - scores['student']['f1']:+.2f} F1; "
+          f"student - teacher {scores['distilled']['f1'] - scores['teacher']['f1']:+.2f} F1; speed "
           + ", ".join(f"{p} {r['median']:.2f}x" for p, r in speed["student_x_teacher"].items()))
     save_result(f"distill{args.tag}", result)
 

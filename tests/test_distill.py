@@ -8,11 +8,10 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import TINY_QAS, squad_json, write_people
-from spanqa.distill.task import distill, distillation_loss, hidden_loss, hidden_targets
+from spanqa.distill.task import distill, distillation_loss
 from spanqa.distill.teacher import map_to_student
 from spanqa.models import keep_layers, load_qa_model, student_layer_choice
 from spanqa.qa.config import TrainConfig
-from spanqa.training.config import ConfigError
 from spanqa.qa.squad import load_dataset
 from spanqa.qa.windows import WindowSettings, build_windows
 
@@ -118,55 +117,3 @@ def test_smaller_students_keep_evenly_spaced_layers(tmp_path, tiny_model):
     reader = Reader.load(str(tmp_path / "out"))
     assert reader.model.config.num_hidden_layers == 1
     reader.answer("Where was Alice born?", "Alice was born in Paris in 1900.")
-
-
-def test_hidden_loss_against_a_hand_computation():
-    assert hidden_targets(6, 3) == [2, 4, 6] and hidden_targets(6, 6) == [1, 2, 3, 4, 5, 6] and hidden_targets(4, 1) == [4]
-    g = torch.Generator().manual_seed(0)
-    teacher = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(5))  # embeddings + 4 layers
-    student = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(3))  # embeddings + 2 layers
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    expected = []
-    for s, t in zip(student[1:], [teacher[2], teacher[4]]):
-        distances = [((s[b, i] - t[b, i]) ** 2).mean().item() for b in range(2) for i in range(3) if mask[b, i]]
-        expected.append(sum(distances) / len(distances))  # padding (batch 0, token 2) counts for nothing
-    got = hidden_loss(student, teacher, mask, hidden_targets(4, 2)).item()
-    assert got == pytest.approx(sum(expected) / 2, rel=1e-6)
-    assert hidden_loss(teacher[:1] + teacher[2::2], teacher, mask, [2, 4]).item() == 0
-
-
-def test_hidden_state_distillation_brings_the_student_closer_to_the_teacher(tmp_path, tiny_model):
-    """A 1-layer student trained with the hidden-state loss ends nearer the teacher's last hidden state
-    than the same student trained on the logits alone."""
-    from spanqa.qa.reader import Reader
-
-    teacher = load_qa_model(str(tiny_model)).eval()
-    distance = {}
-    for weight in (0.0, 5.0):
-        out = tmp_path / f"hidden-{weight}"
-        distill(tiny_config(tmp_path, tiny_model, teacher=str(tiny_model), student_layers=1, distill_hidden=weight,
-                            output_dir=str(out)))
-        student = load_qa_model(str(out)).eval()
-        examples = load_dataset(tmp_path / "train.json").examples
-        windows = Reader.load(str(out)).windows(examples)
-        inputs = {k: torch.as_tensor(np.asarray(getattr(windows, k)), dtype=torch.long)
-                  for k in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.no_grad():
-            s = student.base_model(**inputs, output_hidden_states=True).hidden_states
-            t = teacher.base_model(**inputs, output_hidden_states=True).hidden_states
-        distance[weight] = hidden_loss(s, t, inputs["attention_mask"], hidden_targets(2, 1)).item()
-    assert distance[5.0] < 0.5 * distance[0.0]
-
-
-def test_hidden_state_distillation_refuses_a_teacher_that_tokenizes_otherwise(tmp_path, tiny_model, roberta_tokenizer):
-    from transformers import RobertaConfig, RobertaForQuestionAnswering
-
-    student = tmp_path / "roberta"
-    RobertaForQuestionAnswering(RobertaConfig(vocab_size=len(roberta_tokenizer), hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
-                                              pad_token_id=roberta_tokenizer.pad_token_id)).save_pretrained(student)
-    roberta_tokenizer.save_pretrained(student)
-    with pytest.raises(ConfigError, match="tokenizes as the student"):
-        distill(tiny_config(tmp_path, student, teacher=str(tiny_model), distill_hidden=1.0))
-    with pytest.raises(ConfigError, match="needs a teacher"):
-        tiny_config(tmp_path, tiny_model, distill_hidden=1.0)

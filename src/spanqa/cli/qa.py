@@ -54,8 +54,6 @@ def train_cmd(
     teacher: Optional[str] = typer.Option(None, help="Distil from this trained reader (its start/end distributions)"),
     distill_alpha: Optional[float] = typer.Option(None, help="Weight of the teacher's loss (default 0.5)"),
     temperature: Optional[float] = typer.Option(None, help="Distillation temperature (default 2)"),
-    distill_hidden: Optional[float] = typer.Option(None, help="Weight of a hidden-state loss: each student layer's "
-                                                   "output learns the teacher's at the matching depth (default 0: off)"),
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fine-tune an encoder into an extractive QA reader and score it on dev (or distil one from --teacher)."""

@@ -33,7 +33,6 @@ class TrainConfig(LoopConfig):
     teacher: str | None = None         # distillation: a trained reader whose start/end distributions are learned
     distill_alpha: float = 0.5         # weight of the teacher's loss (1 - alpha: the gold labels')
     temperature: float = 2.0           # softmax temperature of the distillation loss
-    distill_hidden: float = 0.0        # weight of the hidden-state loss (student layer outputs vs the teacher's); 0: off
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,8 +51,6 @@ class TrainConfig(LoopConfig):
             raise ConfigError("student_layers must be >= 1")
         if not 0 <= self.distill_alpha <= 1 or self.temperature <= 0:
             raise ConfigError("distill_alpha must be in [0, 1] and temperature > 0")
-        if self.distill_hidden < 0 or (self.distill_hidden and not self.teacher):
-            raise ConfigError("distill_hidden must be >= 0, and needs a teacher (--teacher READER)")
 
     @property
     def windows(self) -> WindowSettings:
