@@ -1,14 +1,14 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
     python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
-                            [--from-teacher] [--alpha 0.5] [--tag=-t45]
+                            [--from-teacher] [--alpha A] [--tag=-t45]
 
 1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
    of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
    sentence-embedding ones) and trained on the
    same first `--questions` train-v1.1 questions for one epoch (the same steps, seed and settings): one
-   on the gold spans only, one with `--teacher` (KL at T=2 mixed with the gold loss, weights `--alpha` and
-   1 - alpha; a student of another alpha gets a folder of its own). Every run is
+   on the gold spans only, one with `--teacher` (KL at T=2 mixed with the gold loss, 50/50 as `spanqa train`
+   does, or `--alpha` and 1 - alpha: such a student gets a folder of its own). Every run is
    a `spanqa train` command, printed before it runs; a finished run is skipped, an interrupted one resumed.
 2. The teacher and both students are scored on all of dev-v1.1 (`spanqa evaluate`, fp32).
 3. Reading speed: the teacher and the distilled student take turns (A B A B ...) answering the same
@@ -67,18 +67,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
     ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
-    ap.add_argument("--alpha", type=float, default=0.5, help="the distilled student's --distill-alpha")
+    ap.add_argument("--alpha", type=float, help="the distilled student's --distill-alpha (default: spanqa's)")
     args = ap.parse_args()
 
     settings = [a.format(layers=args.layers, questions=args.questions) for a in STUDENT]
     if args.from_teacher:
         settings += ["--model", args.teacher]
-    alpha = "" if args.alpha == 0.5 else f"-a{args.alpha:g}"
+    alpha = [] if args.alpha is None else ["--distill-alpha", f"{args.alpha:g}"]
     students = {"student": args.work / f"student-{args.layers}l",
-                "distilled": args.work / f"distilled{alpha}-{args.layers}l"}
+                "distilled": args.work / f"distilled{'-a' + alpha[1] if alpha else ''}-{args.layers}l"}
     spanqa(["train", *settings, "--output-dir", str(students["student"])], students["student"] / "metrics.json")
-    spanqa(["train", *settings, "--teacher", args.teacher, "--distill-alpha", f"{args.alpha:g}",
-            "--output-dir", str(students["distilled"])], students["distilled"] / "metrics.json")
+    spanqa(["train", *settings, "--teacher", args.teacher, *alpha, "--output-dir", str(students["distilled"])],
+           students["distilled"] / "metrics.json")
 
     dev = SQUAD / "dev-v1.1.json.gz"
     models = {"teacher": Path(args.teacher), **students}
