@@ -219,23 +219,26 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
         save_checkpoint(accelerator, out, model, optimizer, scheduler, state, config.keep_checkpoints, run_settings)
     summary: dict = {}
     if is_main:
-        reused = last_eval[1] if last_eval and last_eval[0] == state.step else None
+        reused = last_eval if last_eval and last_eval[0] == state.step else None
         summary = _finish(task, accelerator.unwrap_model(model), state, out, reused, autocast, started)
     accelerator.wait_for_everyone()
     return summary
 
 
-def _finish(task: Task, model, state: TrainState, out: Path, evaluated: Any | None, autocast, started: float) -> dict:
-    """Final dev metrics (reusing an evaluation of this very step), the task's outputs, history.json,
-    metrics.json and learning_curve.png; returns what metrics.json holds."""
+def _finish(task: Task, model, state: TrainState, out: Path, reused: tuple[int, Any] | None, autocast,
+            started: float) -> dict:
+    """Final dev metrics (reusing `reused`, an evaluation of this very step: (step, what evaluate returned,
+    which may be None)), the task's outputs, history.json, metrics.json and learning_curve.png; returns what
+    metrics.json holds."""
     eval_seconds = sum(h.get("eval_seconds", 0.0) for h in state.history)  # evaluations inside state.elapsed
-    if evaluated is None:
+    if reused is not None:
+        evaluated = reused[1]
+        metrics = {k: v for k, v in state.history[-1].items() if k not in EVAL_KEYS}
+    else:
         t0 = time.perf_counter()
         metrics, evaluated = task.evaluate(model, autocast)
         seconds = time.perf_counter() - t0  # elapsed, as for the evaluations while training, includes this one
         state.history.append(_eval_entry(state, state.elapsed + seconds, seconds, metrics))
-    else:
-        metrics = {k: v for k, v in state.history[-1].items() if k not in EVAL_KEYS}
     extra = task.finish(model, out, metrics, evaluated)
     atomic_write_json(out / "history.json", state.history)
     plot_learning_curve(state.history, out / "learning_curve.png", task.curve_metric)
