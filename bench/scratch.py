@@ -3,7 +3,7 @@ scratch on the SQuAD train contexts (about the size of WikiText-2) within a time
 then fine-tuned on SST-2 (beside the same architecture trained on SST-2 from random weights) and SQuAD.
 
     python bench/scratch.py [--work /work/runs/scratch] [--budget 60m] [--size mini] [--pre-ln] [--dropout 0]
-                            [--batch-size 32]
+                            [--batch-size 32 --eval-steps 400]
                             [--answer-windows-only --tag=-answer-windows] [--no-sst2]
 
 Every step is a `spanqa` command, printed before it runs; a step whose output exists is skipped, so the
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--learning-rate", default="5e-4")
     parser.add_argument("--batch-size", help="Pretraining batch (the pretrain-scratch recipe's is 64)")
+    parser.add_argument("--eval-steps", help="Pretraining steps between held-out evaluations (the recipe's is 200)")
     parser.add_argument("--squad-budget", default="15m", help="SQuAD fine-tuning time budget")
     parser.add_argument("--tag", default="", help="Suffix of the results file")
     parser.add_argument("--pretrain-only", action="store_true")
@@ -81,6 +82,7 @@ def main() -> None:
                                 "--size", args.size, *(["--pre-ln"] if args.pre_ln else []), "--output-dir", str(mlm),
                                 *(["--dropout", args.dropout] if args.dropout else []),
                                 *(["--batch-size", args.batch_size] if args.batch_size else []),
+                                *(["--eval-steps", args.eval_steps] if args.eval_steps else []),
                                 "--time-budget", args.budget, "--learning-rate", args.learning_rate],
                                mlm / "metrics.json", resume_from=mlm)
     results: dict = {"pretrain": json.loads((mlm / "metrics.json").read_text())}
