@@ -10,7 +10,9 @@ to the pipeline (with the range the rounds allow), the spread of the rounds and 
 and EM/F1 (answers are the same in every round; the script checks it). Everyone uses windows of
 384/128/64 and answers of at most 30 tokens. Questions/s counts everything from text to answer
 (tokenization, windows, model, decoding). `--paths ...,onnx_checked` adds `spanqa export --check`'s choice, made on
-dev questions the benchmark does not read (`--check-questions`, default 5000:6000).
+dev questions the benchmark does not read (`--check-questions`, default 5000:6000). `--paths ...,torch_bf16_compiled`
+adds the bf16 reader compiled at load time (`Reader.load(compile=True)`); its load-and-compile seconds are reported
+(start-up cost, not in the rates).
 
     python bench/infer_cpu.py [--model runs/quick] [--questions 2000] [--rounds 3] [--paths pipeline,onnx_int8] [--tag=-cpu]
 """
@@ -39,7 +41,8 @@ from common import (
 PEER_VENV = Path(tempfile.gettempdir()) / "spanqa-bench-transformers4"
 WINDOWS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
 WARMUP_QUESTIONS = 32
-PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere", "onnx_checked")
+DEFAULT_PATHS = ("pipeline", "torch_fp32", "torch_bf16", "onnx_fp32", "onnx_int8", "onnx_int8_everywhere")
+PATHS = (*DEFAULT_PATHS, "onnx_checked", "torch_bf16_compiled")  # the last two on request (--paths)
 
 PEER_SCRIPT = r"""
 import json, sys, time
@@ -116,7 +119,7 @@ def load_readers(model: str, paths: list[str], tmp: Path, check: list | None = N
     from spanqa.qa.squad import write_jsonl
     from spanqa.qa.windows import WindowSettings
 
-    folders = {"torch_fp32": (model, "fp32"), "torch_bf16": (model, "bf16")}
+    folders = {"torch_fp32": (model, "fp32"), "torch_bf16": (model, "bf16"), "torch_bf16_compiled": (model, "bf16")}
     if "onnx_checked" in paths:
         write_jsonl(check, tmp / "check.jsonl")
         checked = export_checked(model, str(tmp / "check.jsonl"), tmp / "onnx_checked", max_loss=0.5)
@@ -128,7 +131,10 @@ def load_readers(model: str, paths: list[str], tmp: Path, check: list | None = N
         if name in exports:
             folders[name] = (str(export_onnx(model, tmp / name, **exports[name])), "fp32")
         if name in folders:
-            readers[name] = Reader.load(folders[name][0], precision=folders[name][1])
+            t0 = time.perf_counter()
+            readers[name] = Reader.load(folders[name][0], precision=folders[name][1], compile=name.endswith("_compiled"))
+            if name.endswith("_compiled"):  # compiling is start-up cost, reported beside the rates
+                readers.setdefault("load_seconds", {})[name] = time.perf_counter() - t0
             readers[name].settings.windows = WindowSettings(**WINDOWS)
     if "onnx_checked" in paths:
         readers["check"] = asdict(checked)
@@ -146,7 +152,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "runs" / "quick"))
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--paths", default=",".join(PATHS[:-1]), help=f"comma-separated, from {', '.join(PATHS)}")
+    ap.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/infer_cpu{TAG}.json)")
     ap.add_argument("--check-questions", default="5000:6000",
                     help="onnx_checked: the dev questions `spanqa export --check` scores (never the benchmark's)")
@@ -178,6 +184,7 @@ def main() -> None:
         tmp = Path(tmp)
         readers = load_readers(model, paths, tmp, dev[lo:hi])
         check = readers.pop("check", None)
+        load_seconds = readers.pop("load_seconds", None)
         peer = Peer(model, examples, tmp)
 
         def one_run(name: str, n: int) -> tuple[float, dict]:
@@ -205,6 +212,8 @@ def main() -> None:
                    same_answers_every_round=stable[name])
     result.update(model=args.model, questions=len(examples), unit="questions/s", torch_threads=torch.get_num_threads(),
                   peer=peer.versions, windows=WINDOWS)
+    if load_seconds:
+        result["compile_seconds"] = load_seconds  # Reader.load(compile=True): loading and compiling, before round 1
     if check:
         result["export_check"] = check
         print(f"onnx_checked: export --check on dev questions {args.check_questions} chose {check['chosen']} "

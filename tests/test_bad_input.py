@@ -246,6 +246,19 @@ def damaged_reader(tmp_path, tiny_model) -> Path:
     return folder
 
 
+@pytest.fixture
+def tiny_encoder(tmp_path, tiny_model) -> Path:
+    """The tiny BERT saved as a bare encoder (as the packaged MiniLM is): no QA head."""
+    from transformers import BertModel
+
+    folder = tmp_path / "encoder"
+    BertModel.from_pretrained(tiny_model).save_pretrained(folder, safe_serialization=True)
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
 @pytest.mark.parametrize("command", [
     ["ask", "{model}", "-q", "Who?", "-c", "Eiffel built it."],
     ["chat", "{model}"],
@@ -255,12 +268,16 @@ def damaged_reader(tmp_path, tiny_model) -> Path:
 ])
 @pytest.mark.parametrize("which, message", [("runs/no-such-reader", "no such folder"),
                                             ("./typo", "no such folder"),
-                                            ("damaged", "cannot load .*model.safetensors intact")])
-def test_missing_or_damaged_models(tmp_path, runner, damaged_reader, command, which, message, monkeypatch):
+                                            ("damaged", "cannot load .*model.safetensors intact"),
+                                            ("encoder", "no trained question-answering head .*qa_outputs")])
+def test_missing_or_damaged_models(tmp_path, runner, damaged_reader, tiny_encoder, command, which, message,
+                                   monkeypatch):
+    """A model that is not there, cannot be read, or was never trained to answer (an encoder: its QA head
+    would be random) is an error before anything is read or written."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     write_people(tmp_path / "dev.json", 2)
-    model = str(damaged_reader) if which == "damaged" else which
+    model = {"damaged": str(damaged_reader), "encoder": str(tiny_encoder)}.get(which, which)
     args = [a.format(model=model, tmp=tmp_path) for a in command]
     result = runner.invoke(app, args, input=":quit\n")
     assert result.exit_code == 2, result.output

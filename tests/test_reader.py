@@ -74,3 +74,29 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_fp32_does_not(tiny_model, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Reader.load(folder, precision="bf16")
+
+
+def test_a_compiled_reader_reads_as_the_eager_one_and_onnx_refuses_to_compile(tiny_model, tmp_path):
+    """`compile=True` compiles at load time (torch.compile, inductor with freezing) and then gives the eager
+    model's logits (to float tolerance: inductor fuses and reorders) and the same answers; the start-up line
+    says so. An ONNX export cannot be compiled again: a clear error."""
+    import numpy as np
+    import pytest
+
+    from spanqa.export import export_onnx
+    from spanqa.models import ModelError
+    from spanqa.onnx_models import describe_runtime
+    from spanqa.qa.squad import Example
+
+    folder = reader_folder(tiny_model, tmp_path)
+    eager, compiled = Reader.load(folder), Reader.load(folder, compile=True)
+    assert describe_runtime(compiled.model, compiled.device, compiled.autocast_dtype) == "torch fp32, compiled (cpu)"
+    examples = [Example("a", "Which city is cold?", "Oslo is cold. Rome is warm. " * 12),
+                Example("b", "Which city is warm?", "Rome is warm."),
+                Example("c", "Who is tall?", "Ann is tall and Bo is short. " * 3)]
+    windows = eager.windows(examples)
+    for a, b in zip(compiled.logits(windows), eager.logits(windows)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert [p.text for p in compiled.predict(examples)] == [p.text for p in eager.predict(examples)]
+    with pytest.raises(ModelError, match="ONNX export"):
+        Reader.load(str(export_onnx(folder, tmp_path / "onnx")), compile=True)

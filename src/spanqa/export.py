@@ -19,7 +19,7 @@ from spanqa.classify.pooling import use_pooling
 from spanqa.models import (
     SETTINGS_FILE,
     load_classifier_model,
-    load_qa_model,
+    load_reader_model,
     load_tokenizer,
     ModelError,
     resolve_model,
@@ -44,7 +44,7 @@ def export_onnx(model: str, out_dir: str | Path, int8: bool = False, opset: int 
     tokenizer = load_tokenizer(source)
     classifier = _classifier_settings(source)
     # eager attention exports the graph pattern that ONNX Runtime fuses into its Attention kernel
-    load = load_qa_model if classifier is None else load_classifier_model
+    load = load_reader_model if classifier is None else load_classifier_model
     torch_model = load(source, attn_implementation="eager").eval()
     if classifier is not None:
         use_pooling(torch_model, classifier.get("pooling", "cls"))

@@ -123,6 +123,20 @@ def load_qa_model(name_or_path: str | None, trust_remote_code: bool = False, **k
     return _load(AutoModelForQuestionAnswering, name_or_path, "question-answering model", trust_remote_code, **kwargs)
 
 
+def load_reader_model(name_or_path: str | None, trust_remote_code: bool = False, **kwargs):
+    """A trained extractive-QA model, to read with or to learn from (a teacher). An encoder without a QA head
+    (the packaged MiniLM, or any model trained for something else) is refused: the head transformers would add
+    is random, and it would answer every question with a random span."""
+    model, info = load_qa_model(name_or_path, trust_remote_code, output_loading_info=True, **kwargs)
+    prefix = f"{model.base_model_prefix}."  # the encoder's weights; the rest is the QA head
+    untrained = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    if untrained:
+        raise ModelError(f"{resolve_model(name_or_path)!r} has no trained question-answering head ({', '.join(untrained)} "
+                         "missing): it would answer with random spans; train a reader on it first (spanqa train "
+                         "--model ...), or give a reader folder")
+    return model
+
+
 def load_classifier_model(name_or_path: str | None, trust_remote_code: bool = False, **kwargs):
     """An `AutoModelForSequenceClassification` from safetensors weights only (`kwargs`: num_labels, id2label, ...)."""
     from transformers import AutoModelForSequenceClassification
@@ -257,6 +271,24 @@ def cpu_has_native_bf16() -> bool:
 # torch reading precisions (int8 reading is ONNX Runtime's, `spanqa export`: int8 matmuls in torch were
 # no faster than bf16 with AMX, bench/int8_per_token.py)
 PRECISIONS = ("fp32", "bf16")
+
+
+def default_device():
+    """Where models read by default: the GPU when there is one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compiled_for_reading(model):
+    """`model` compiled by torch.compile (inductor) with freezing: the weights become constants of the graph, so
+    inductor folds them and prepacks them for the CPU's matmul kernels (oneDNN), and fuses the element-wise work
+    between matmuls. Batch size and window length stay dynamic. Compiling happens on the first calls (about half a
+    minute on 2 cores; batch size 1 is a shape of its own): `Reader(compile=True)` makes those calls at load time.
+    Measured on bf16 reading in BENCHMARKS.md (issue 17); it needs a C++ compiler, as inductor does."""
+    import torch
+
+    return torch.compile(model, dynamic=True, options={"freezing": True})
 
 
 def for_inference(model, device, precision: str = "fp32"):

@@ -85,10 +85,12 @@ def onnx_precision(path: Path) -> str:
 
 
 def describe_runtime(model, device: torch.device, autocast_dtype: torch.dtype | None) -> str:
-    """Which reading path runs, in words, for start-up lines: 'ONNX Runtime int8 (cpu)', 'torch bf16 (cpu)'."""
+    """Which reading path runs, in words, for start-up lines: 'ONNX Runtime int8 (cpu)', 'torch bf16 (cpu)',
+    'torch bf16, compiled (cpu)'."""
     if isinstance(model, _OnnxModel):
         return f"ONNX Runtime {onnx_precision(model.path)} (cpu)"
-    return f"torch {'bf16' if autocast_dtype == torch.bfloat16 else 'fp32'} ({device.type})"
+    compiled = ", compiled" if hasattr(model, "_orig_mod") else ""  # torch.compile's wrapper
+    return f"torch {'bf16' if autocast_dtype == torch.bfloat16 else 'fp32'}{compiled} ({device.type})"
 
 
 def is_onnx_folder(path: str | Path) -> bool:

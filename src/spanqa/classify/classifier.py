@@ -23,6 +23,7 @@ from spanqa.files import atomic_write_text
 from spanqa.models import (
     SETTINGS_FILE,
     ModelError,
+    default_device,
     for_inference,
     load_classifier_model,
     load_tokenizer,
@@ -80,10 +81,6 @@ class Prediction:
     label: str | None                # the most probable label; None for regression
     score: float                     # its probability, or the predicted score (regression)
     probabilities: dict[str, float]  # every label's probability; {} for regression
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from spanqa.cli.common import PRECISION_HELP, STORE_HELP, app, fail, load_collec
 
 
 @app.command("ask")
-def ask_cmd(model: str = typer.Argument("all-MiniLM-L6-v2", help="Reader folder or extractive-QA model id"),
+def ask_cmd(model: str = typer.Argument(..., help="Reader folder, exported ONNX folder or extractive-QA model id"),
             question: str = typer.Option(..., "-q", "--question"),
             context: Optional[str] = typer.Option(None, "-c", "--context", help="The passage"),
             context_file: Optional[Path] = typer.Option(None, help="Read the passage from a file"),
@@ -140,6 +140,9 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
               read_timeout: float = typer.Option(10.0, min=0.1, help="Seconds to receive a request's headers, and "
                                                                      "again its body, before 408"),
               precision: str = typer.Option("fp32", help=PRECISION_HELP),
+              compile: bool = typer.Option(False, "--compile", help="torch readers: compile with torch.compile at "
+                                           "start-up (about half a minute), then read faster (bf16 on CPU: "
+                                           "BENCHMARKS.md)"),
               index: Optional[Path] = typer.Option(None, help="Serve POST /v1/ask over this document index"),
               store: Optional[str] = typer.Option(None, "--store", help=f"Or over a store. {STORE_HELP}"),
               store_connections: int = typer.Option(8, help="With a PostgreSQL --store: the connection pool's size")) -> None:
@@ -153,6 +156,8 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
     if is_classifier_folder(model):
         if index is not None or store is not None:
             fail(f"{model} is a classifier: it answers no questions about a collection (drop --index/--store)")
+        if compile:
+            fail(f"{model} is a classifier: --compile is for readers (drop it)")
         from spanqa.models import ModelError
 
         try:
@@ -171,7 +176,7 @@ def serve_cmd(model: str = typer.Argument(..., help="Reader or classifier folder
             _check_store(collection)  # reachable, and its embedding model is the one that wrote it
         except CollectionError as e:
             fail(str(e))
-    reader = _load_reader(model, precision=precision)
+    reader = _load_reader(model, precision=precision, compile=compile)
     _announce(model, reader)
     serve(reader, host, port, limits, collection)
 

@@ -9,6 +9,7 @@ The teacher's logits are computed once, before training, into the memory-mapped 
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable
 
 import numpy as np
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 
 from spanqa.data.batches import model_inputs
 from spanqa.distill.teacher import TeacherLogits, teacher_logits
-from spanqa.qa.config import TrainConfig
-from spanqa.qa.squad import Dataset
+from spanqa.qa.config import TrainConfig, default_data_file
+from spanqa.qa.squad import Dataset, ExampleStream
 from spanqa.qa.train import QATask
 from spanqa.training.config import ConfigError
 from spanqa.training.engine import autocast_dtype_for, run
@@ -73,11 +74,6 @@ class DistillTask(QATask):
 def _first_examples(config: TrainConfig) -> list:
     """The examples a streamed training file gave its windows (the teacher reads them when it tokenizes
     differently): the file is read again, as far as the windows went."""
-    from itertools import islice
-
-    from spanqa.qa.config import default_data_file
-    from spanqa.qa.squad import ExampleStream
-
     return list(islice(ExampleStream(config.train_file or default_data_file("train")), config.max_train_samples))
 
 

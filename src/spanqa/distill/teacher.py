@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from spanqa.data.cache import cache_folder, fingerprint_tokenizer, is_cached, open_cache, write_cache
-from spanqa.models import load_qa_model, load_tokenizer, resolve_model
+from spanqa.data.cache import cache_folder, file_sha256, fingerprint_tokenizer, is_cached, open_cache, write_cache
+from spanqa.models import load_reader_model, load_tokenizer, resolve_model
 from spanqa.progress import progress_bar
 from spanqa.qa.reader import compute_logits
 from spanqa.qa.squad import Example
@@ -51,7 +52,7 @@ def teacher_logits(teacher: str, examples: Callable[[], Sequence[Example]], wind
     final = cache_folder("teacher", [TEACHER_FORMAT, _model_fingerprint(teacher), _windows_fingerprint(windows),
                                      alike, asdict(settings)], cache_dir)
     if not is_cached(final):
-        model = load_qa_model(teacher, trust_remote_code)
+        model = load_reader_model(teacher, trust_remote_code)
         if alike:  # the student's own windows: the logits as they are
             read, label = windows, "teacher logits"
         else:
@@ -112,10 +113,6 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> int:
 
 def _model_fingerprint(name: str) -> str:
     """The teacher's identity: its weights' bytes (a local folder) or its name (a hub id)."""
-    from pathlib import Path
-
-    from spanqa.data.cache import file_sha256
-
     folder = Path(resolve_model(name))
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.onnx"))
     return hashlib.sha256("".join(file_sha256(w) for w in weights).encode() or name.encode()).hexdigest()

@@ -1,10 +1,11 @@
 """Start/end logits of all windows -> n-best answer spans per example, and the no-answer decision.
 
-One decoder for evaluation and live requests. Every candidate span (start, start + d) with
-0 <= d < max_answer_length is scored at once as start_logit + end_logit over a (windows, L, D)
-band tensor, masked to context tokens (and the start token's max-context window), then reduced with
-top-k per window and a vectorized merge per example: no Python loop over start x end pairs
-(HF `postprocess_qa_predictions` loops over n_best x n_best pairs per window).
+One decoder for evaluation and live requests. A candidate span (start, start + d) with
+0 <= d < max_answer_length scores start_logit + end_logit, masked to context tokens (and the start
+token's max-context window). The exact top k spans of each window are found without scoring every
+pair (`_window_topk`: only the k best starts get their ends scored, a (windows, k, D) band), then
+merged per example, vectorized: no Python loop over start x end pairs (HF
+`postprocess_qa_predictions` loops over n_best x n_best pairs per window).
 
 By default the candidates are then, as the transformers 4.x question-answering pipeline does,
 widened to whole words ("fu" of "fumbles" becomes "fumbles") and candidates with the same text

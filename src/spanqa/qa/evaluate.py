@@ -11,9 +11,9 @@ from spanqa.files import atomic_write_json
 from spanqa.progress import progress_bar
 from spanqa.qa.decode import DecodeSettings, Prediction, decode
 from spanqa.qa.metrics import squad_v1, squad_v2, token_accuracy
-from spanqa.qa.reader import compute_logits
-from spanqa.qa.squad import Example
-from spanqa.qa.windows import Windows
+from spanqa.qa.reader import Reader, compute_logits
+from spanqa.qa.squad import Example, load_dataset
+from spanqa.qa.windows import Windows, build_windows
 
 
 def as_squad_data(examples: Sequence[Example]) -> list[dict]:
@@ -119,9 +119,6 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
 
     from spanqa.data.sources import DataError
     from spanqa.models import SETTINGS_FILE
-    from spanqa.qa.reader import Reader
-    from spanqa.qa.squad import load_dataset
-    from spanqa.qa.windows import build_windows
 
     dataset = load_dataset(data, split="validation")
     examples = dataset.examples[:max_samples] if max_samples else dataset.examples
@@ -165,9 +162,6 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
 def predict_dataset(model: str, data: str, out: str | Path, batch_size: int | None = None,
                     precision: str = "fp32") -> int:
     """Answer every question of `data` (answers not needed); write the official predictions format."""
-    from spanqa.qa.reader import Reader
-    from spanqa.qa.squad import load_dataset
-
     examples = load_dataset(data, split="validation", require_answers=False).examples
     reader = Reader.load(model, batch_size=batch_size, precision=precision)
     preds = reader.predict(examples)

@@ -12,15 +12,20 @@ import torch
 
 from spanqa.data.batches import model_inputs
 from spanqa.onnx_models import OnnxQAModel, is_onnx_folder
-from spanqa.models import SETTINGS_FILE, ModelError, for_inference, load_qa_model, load_tokenizer, resolve_model
+from spanqa.models import (
+    SETTINGS_FILE,
+    ModelError,
+    compiled_for_reading,
+    default_device,
+    for_inference,
+    load_reader_model,
+    load_tokenizer,
+    resolve_model,
+)
 from spanqa.qa.calibration import Calibration
 from spanqa.qa.decode import Answer, DecodeSettings, Prediction, decode, rescore
 from spanqa.qa.squad import Example
 from spanqa.qa.windows import WindowEncoder, Windows, WindowSettings, check_settings
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.inference_mode()
@@ -78,13 +83,13 @@ class ReaderSettings:
 class Reader:
     """An extractive QA model with its tokenizer and decoding settings.
 
-    >>> reader = Reader.load("runs/quick/model")
+    >>> reader = Reader.load("runs/quick")
     >>> reader.answer("Who designed it?", "It was designed by Gustave Eiffel.")[0].text
     """
 
     def __init__(self, model, tokenizer, settings: ReaderSettings | None = None,
                  device: torch.device | None = None, batch_size: int | None = None, path: str = "",
-                 precision: str = "fp32", cache_contexts: int = 32):
+                 precision: str = "fp32", cache_contexts: int = 32, compile: bool = False):
         self.settings = settings or ReaderSettings()
         self.device = device or default_device()
         self.model, self.autocast_dtype = for_inference(model, self.device, precision)
@@ -96,13 +101,33 @@ class Reader:
         self.cache_contexts = cache_contexts
         self.encoder: WindowEncoder | None = None  # made on first use, again when the window settings change
         check_settings(tokenizer, self.settings.windows, getattr(model.config, "max_position_embeddings", None))
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile the model (`models.compiled_for_reading`) and compile it now, for a batch of several
+        windows and for a batch of one, so that no question pays for it later."""
+        if not isinstance(self.model, torch.nn.Module):
+            raise ModelError(f"{self.path or 'this reader'} is an ONNX export: ONNX Runtime has optimized it already; "
+                             "compile applies to torch readers (read it without --compile)")
+        self.model = compiled_for_reading(self.model)
+        context = ("The reader is compiled once, when it is loaded. " * 40).strip()  # longer than one window
+        try:
+            self.answer_many([("When is the reader compiled?", context)])
+            self.answer("When?", "Once, at load time.")
+        except Exception as e:  # noqa: BLE001  inductor fails in many ways (no C++ compiler, unsupported ops)
+            raise ModelError(f"compiling the reader failed ({type(e).__name__}: {str(e).strip()[:300]}); torch.compile "
+                             "needs a C++ compiler (g++); read without --compile") from None
+        self.encoder.clear()  # forget the warm-up contexts
 
     @classmethod
     def load(cls, path_or_id: str, device: str | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, precision: str = "fp32", cache_contexts: int = 32) -> "Reader":
+             trust_remote_code: bool = False, precision: str = "fp32", cache_contexts: int = 32,
+             compile: bool = False) -> "Reader":
         """A reader from a trained folder (with spanqa.json), an exported ONNX folder (`spanqa export`)
         or any extractive-QA model id/folder. `precision` "bf16" autocasts torch models (CPU or GPU).
-        The encodings of the last `cache_contexts` distinct contexts are kept for later calls (0: none)."""
+        The encodings of the last `cache_contexts` distinct contexts are kept for later calls (0: none).
+        `compile` compiles a torch model with torch.compile at load time (half a minute; faster reading after)."""
         path = resolve_model(path_or_id)
         settings = ReaderSettings.read(path) if Path(path).exists() else ReaderSettings()
         if is_onnx_folder(path):
@@ -112,10 +137,10 @@ class Reader:
                 raise ModelError(f"cannot load the ONNX model in {path!r}: {str(e).strip()[:300]}; export it "
                                  "again (spanqa export MODEL)") from None
         else:
-            model = load_qa_model(path, trust_remote_code=trust_remote_code)
+            model = load_reader_model(path, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, settings, torch.device(device) if device else None, batch_size, path, precision,
-                   cache_contexts)
+                   cache_contexts, compile)
 
     def windows(self, examples: Sequence[Example]) -> Windows:
         """Model windows of `examples`, from one encoder kept while the window settings stay the same."""

@@ -53,10 +53,6 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)
     repairs: list[Problem] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
 
 def load_dataset(source: str | Path, *, fix_offsets: bool = False, split: str = "train",
                  require_answers: bool = True) -> Dataset:

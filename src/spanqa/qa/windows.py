@@ -2,9 +2,11 @@
 
 Each window keeps a character offset map (-1 outside the context), the max-context flag of every
 token (the token's best window, as in the original BERT), and start/end labels (the CLS index when
-the answer is absent from the window or the question is unanswerable). The tokenizer does the
-splitting (a fast HF tokenizer with `return_overflowing_tokens`); labelling and the max-context rule
-are vectorized with numpy rather than the per-token Python loops of HF `prepare_train_features`.
+the answer is absent from the window or the question is unanswerable). Questions and contexts are
+tokenized separately by the fast tokenizer (each distinct context once) and cut into overlapping
+windows here (`doc_stride` tokens shared, as HF's `return_overflowing_tokens` does); labelling and the
+max-context rule are vectorized with numpy rather than the per-token Python loops of HF
+`prepare_train_features`.
 
 Windows are produced in batches and written to an on-disk cache of memory-mapped arrays keyed by
 data + tokenizer + settings, so peak memory does not grow with the data size.

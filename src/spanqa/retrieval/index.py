@@ -382,12 +382,19 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
-def bm25_retrieve(retriever, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Passage ids and scores (Q, k) of the k best BM25 matches of each query."""
+def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
+    """The BM25 tokens of each text (bm25s with English stop words and stems): the index's and the
+    PostgreSQL store's, so that both match the same words."""
     import bm25s
 
-    tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
-    return retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+    if not texts:
+        return []
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
+
+
+def bm25_retrieve(retriever, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Passage ids and scores (Q, k) of the k best BM25 matches of each query."""
+    return retriever.retrieve(bm25_tokens(queries), k=k, show_progress=False, n_threads=0)
 
 
 def bm25_index(texts: list[str]):

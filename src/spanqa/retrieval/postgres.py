@@ -33,8 +33,8 @@ import numpy as np
 
 from spanqa.data.documents import CollectionError
 
-from .index import Passage, PassageSettings
-from .postgres_sql import (MAX_EF_SEARCH, MIN_EF_SEARCH, SEARCH_SQL, bm25_tokens, check_stored_embedder,
+from .index import Embedder, Passage, PassageSettings, bm25_tokens
+from .postgres_sql import (MAX_EF_SEARCH, MIN_EF_SEARCH, SEARCH_SQL, check_stored_embedder,
                            delete_documents, insert_passages, lock_writers, migrate, set_meta)
 from .store import HYBRID_POOL, DocKey, EmbedderLike, Hit, check_mode, check_vectors, hits
 
@@ -200,8 +200,6 @@ class PostgresStore:
         """The embedding model of the stored vectors (loaded on first use, checked against its fingerprint)."""
         with self._embedder_lock:  # threads sharing the store load it once (transformers' lazy imports race)
             if self._embedder is None:
-                from .index import Embedder
-
                 info = self.info()
                 if "embedding_model" not in info:
                     raise CollectionError("this store is empty: add documents before searching it")

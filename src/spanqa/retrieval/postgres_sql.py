@@ -8,13 +8,13 @@ the tables and of the scores is described there.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from spanqa.data.documents import CollectionError
 
-from .index import Passage, _indexed_text
+from .index import Passage, _indexed_text, bm25_tokens
 from .store import BM25_B, BM25_K1, DocKey, EmbedderLike, embedding_mismatch
 
 SCHEMA_VERSION = 2
@@ -85,17 +85,6 @@ SEARCH_SQL = {mode: f"WITH {ctes} SELECT p.doc_id, p.title, p.path, p.passage_id
                   ("dense", _VECTOR_POOL, "vector"),
                   ("hybrid", ",".join([_TEXT_POOL, _VECTOR_POOL, _NORMALISED.format(name="text", lo=_TEXT_LO),
                                        _NORMALISED.format(name="vector", lo="min(score) OVER ()"), _FUSED]), "fused")]}
-
-
-def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
-    """The in-process index's BM25 tokens of each text (bm25s with English stop words and stems)."""
-    import bm25s
-
-    from .index import _stemmer
-
-    if not texts:
-        return []
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
 
 
 def migrate(conn, schema: str) -> str:

@@ -97,11 +97,6 @@ def begin_run(out: Path, config: LoopConfig, is_main: bool, wait=lambda: None) -
     return {"identity": identity, "config": config.to_dict()}
 
 
-def clear_checkpoints(out: Path) -> None:
-    """Delete the checkpoints of the run in `out`."""
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-
-
 def save_checkpoint(accelerator, out: Path, model, optimizer, scheduler, state: TrainState, keep: int = 2,
                     run: dict | None = None) -> None:
     """Write checkpoint-<step> (files, the run's settings `run` from `begin_run`, then their checksums) into

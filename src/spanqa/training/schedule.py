@@ -1,4 +1,5 @@
-"""Learning-rate schedules: linear warmup and decay over a step count, or over a time budget.
+"""The learning-rate schedule over a time budget (over a step count, the engine uses transformers'
+`get_linear_schedule_with_warmup`).
 
 With `--time-budget 30m` the schedule follows elapsed time instead of a step count guessed up front:
 the learning rate warms up over the first `warmup_ratio` of the budget and falls linearly to zero at
