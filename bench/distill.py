@@ -1,12 +1,12 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
     python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
-                            [--from-teacher] [--alpha A] [--tag=-t45]
+                            [--epochs 1] [--from-teacher] [--alpha A] [--tag=-t45]
 
 1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
    of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
    sentence-embedding ones) and trained on the
-   same first `--questions` train-v1.1 questions for one epoch (the same steps, seed and settings): one
+   same first `--questions` train-v1.1 questions for `--epochs` epochs (the same steps, seed and settings): one
    on the gold spans only, one with `--teacher` (KL at T=2 mixed with the gold loss, 50/50 as `spanqa train`
    does, or `--alpha` and 1 - alpha: such a student gets a folder of its own). Every run is
    a `spanqa train` command, printed before it runs; a finished run is skipped, an interrupted one resumed.
@@ -40,7 +40,7 @@ from common import (
 from infer_cpu import WARMUP_QUESTIONS, answer_with, load_readers
 
 SPANQA = [sys.executable, "-m", "spanqa"]
-STUDENT = ["--student-layers", "{layers}", "--max-train-samples", "{questions}", "--epochs", "1",
+STUDENT = ["--student-layers", "{layers}", "--max-train-samples", "{questions}", "--epochs", "{epochs}",
            "--batch-size", "16", "--learning-rate", "1e-4", "--warmup-ratio", "0.1", "--max-seq-length", "256",
            "--doc-stride", "64", "--max-query-length", "48", "--max-eval-samples", "500", "--save-steps", "200",
            "--seed", "42"]
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/work/runs/distill"))
     ap.add_argument("--questions", type=int, default=16000)
     ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1, help="student epochs (both students)")
     ap.add_argument("--read-questions", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, help="the distilled student's --distill-alpha (default: spanqa's)")
     args = ap.parse_args()
 
-    settings = [a.format(layers=args.layers, questions=args.questions) for a in STUDENT]
+    settings = [a.format(layers=args.layers, questions=args.questions, epochs=args.epochs) for a in STUDENT]
     if args.from_teacher:
         settings += ["--model", args.teacher]
     alpha = [] if args.alpha is None else ["--distill-alpha", f"{args.alpha:g}"]
@@ -109,7 +110,7 @@ def main() -> None:
     result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
               "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
               "from_teacher": args.from_teacher, "alpha": args.alpha,
-              "questions": args.questions, "read_questions": len(examples),
+              "questions": args.questions, "epochs": args.epochs, "read_questions": len(examples),
               "student_command": "spanqa train " + shlex.join(settings),
               "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
     for name, s in result["dev_full"].items():
