@@ -21,7 +21,7 @@ from spanqa.data.sources import (
     Location,
     Problem,
     hub_records,
-    looks_like_path,
+    looks_like_data_file,
     read_jsonl,
     text_lines,
 )
@@ -187,7 +187,7 @@ Record = tuple[int, dict[str, Any]]  # (line, {field name: raw value})
 def _records(source: str, fmt: DataFormat, split: str, problems: list[Problem]) -> Iterator[Record]:
     path = Path(source).expanduser()
     if not path.is_file():
-        if looks_like_path(source) or path.suffix.lower() in (".tsv", ".csv"):
+        if looks_like_data_file(source) or path.suffix.lower() in (".tsv", ".csv"):
             raise DataError(f"{source}: no such file")
         if fmt.glue:
             raise DataError(f"{source}: no such file (--task {fmt.task} reads GLUE .tsv files)")

@@ -35,7 +35,7 @@ from spanqa.classify.inputs import SentenceTable, cached_table
 from spanqa.classify.metrics import classification_scores
 from spanqa.classify.pooling import POOLINGS, encoder_pooling, use_pooling
 from spanqa.data.batches import model_inputs
-from spanqa.data.sources import DataError
+from spanqa.data.sources import DataError, held_out_split
 from spanqa.files import atomic_write_json
 from spanqa.models import (
     SETTINGS_FILE,
@@ -197,8 +197,6 @@ def prepare_data(config: ClassifyConfig) -> tuple[TextDataset, TextDataset]:
 
 
 def _hold_out(train: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, TextDataset]:
-    order = np.random.default_rng(seed).permutation(len(train.examples))
-    n_dev = max(1, int(len(order) * fraction))
-    dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    train_idx, dev_idx = held_out_split(len(train.examples), fraction, seed)
     return (TextDataset(train.source, [train.examples[i] for i in train_idx]),
             TextDataset(f"{train.source} (held out {fraction:.0%})", [train.examples[i] for i in dev_idx]))

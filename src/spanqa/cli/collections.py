@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from spanqa.cli.common import STORE_HELP, app, console, fail, load_collection, load_store
+from spanqa.models import DEFAULT_ENCODER
 
 
 @app.command("index")
@@ -29,7 +30,7 @@ def index_cmd(docs: list[Path] = typer.Argument(None, help="Files or folders: .t
               field: str = typer.Option("text", help="Text field of .json/.jsonl records"),
               passage_words: int = typer.Option(200, help="Longest passage, in words"),
               overlap_words: int = typer.Option(50, help="Overlap of the pieces of a long paragraph, in words"),
-              embedding_model: str = typer.Option("all-MiniLM-L6-v2", help="Sentence-embedding model for dense search")) -> None:
+              embedding_model: str = typer.Option(DEFAULT_ENCODER, help="Sentence-embedding model for dense search")) -> None:
     """Split documents into passages and index them for bm25, dense and hybrid search (a folder or PostgreSQL).
 
     Writes are atomic: --delete is one step, then the new documents are written in another. A file that

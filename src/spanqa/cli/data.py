@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from spanqa.cli.common import app, console, fail
+from spanqa.models import DEFAULT_ENCODER
 
 data_app = typer.Typer(no_args_is_help=True, help="Check and describe SQuAD-style data files.")
 app.add_typer(data_app, name="data")
@@ -47,7 +48,7 @@ def data_check(file: str = typer.Argument(..., help="SQuAD .json/.json.gz, flat 
 
 @data_app.command("stats")
 def data_stats(file: str = typer.Argument(..., help="Data file"),
-               model: str = typer.Option("all-MiniLM-L6-v2", help="Model (tokenizer) folder or hub id"),
+               model: str = typer.Option(DEFAULT_ENCODER, help="Model (tokenizer) folder or hub id"),
                max_seq_length: int = 384, doc_stride: int = 128, max_query_length: int = 64,
                show_failures: bool = typer.Option(False, "--show-failures", help="List answers whose labels do not decode back"),
                as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:

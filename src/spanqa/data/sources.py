@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from spanqa.data import strict_json
 
 
@@ -63,7 +65,8 @@ class DataError(ValueError):
         super().__init__(message)
 
 
-def looks_like_path(source: str) -> bool:
+def looks_like_data_file(source: str) -> bool:
+    """A data file's path rather than a hub dataset name (models.looks_like_path decides for models)."""
     return source.endswith((".json", ".gz", ".jsonl")) or source.startswith((".", "/", "~"))
 
 
@@ -191,3 +194,11 @@ class GuardedFile(io.RawIOBase):
     def close(self) -> None:
         self.raw.close()
         super().close()
+
+
+def held_out_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) of `n` training records when no dev set is given: a seeded random `fraction`
+    (at least one record) is held out for evaluation; both lists keep the file's order."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_dev = max(1, int(n * fraction))
+    return np.sort(order[n_dev:]).tolist(), np.sort(order[:n_dev]).tolist()

@@ -17,7 +17,7 @@ from spanqa.data.sources import (
     Location,
     Problem,
     hub_records,
-    looks_like_path,
+    looks_like_data_file,
     open_binary,
     read_json_file,
     read_jsonl,
@@ -96,7 +96,7 @@ class ExampleStream:
             if self.path.is_dir():
                 raise DataError(f"{self.path} is a folder; pass a .json, .json.gz or .jsonl file")
             self.source = str(self.path)
-        elif looks_like_path(str(source)):
+        elif looks_like_data_file(str(source)):
             raise DataError(f"{source}: no such file")
         else:
             self.path, self.hub_name, self.split = None, str(source), split

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spanqa.data.batches import model_inputs
-from spanqa.data.sources import DataError
+from spanqa.data.sources import DataError, held_out_split
 from spanqa.files import atomic_write_json
 from spanqa.models import SETTINGS_FILE, keep_layers, load_qa_model, load_tokenizer, max_positions
 from spanqa.progress import progress_bar
@@ -123,9 +123,7 @@ def prepare_data(config: TrainConfig) -> tuple[Dataset | ExampleStream, Dataset]
 
 
 def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    order = np.random.default_rng(seed).permutation(len(train.examples))
-    n_dev = max(1, int(len(order) * fraction))
-    dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+    train_idx, dev_idx = held_out_split(len(train.examples), fraction, seed)
     return (Dataset(train.source, [train.examples[i] for i in train_idx], train.version_2),
             Dataset(train.source + f" (held out {fraction:.0%})", [train.examples[i] for i in dev_idx],
                     train.version_2))

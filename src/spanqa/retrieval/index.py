@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from spanqa.data.documents import CollectionError, Document
-from spanqa.models import ModelError, load_encoder, load_tokenizer, resolve_model
+from spanqa.models import DEFAULT_ENCODER, ModelError, load_encoder, load_tokenizer, resolve_model
 from spanqa.progress import progress_bar
 
 from . import layout
@@ -85,7 +85,7 @@ def split_passages(doc: Document, settings: PassageSettings) -> list[Passage]:
 class Embedder:
     """Sentence embeddings by mean pooling a transformer encoder (all-MiniLM-L6-v2 by default)."""
 
-    def __init__(self, name: str = "all-MiniLM-L6-v2", max_length: int = 256, batch_size: int = 64):
+    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 256, batch_size: int = 64):
         import torch
 
         path = resolve_model(name)

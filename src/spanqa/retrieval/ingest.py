@@ -16,11 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from spanqa.data.documents import CollectionError, Document, document_files, keep_documents, read_file
+from spanqa.models import DEFAULT_ENCODER
 
 from .index import Embedder, PassageSettings, _indexed_text, split_passages
 from .store import DocKey, DocumentStore
-
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
@@ -31,11 +30,11 @@ class Ingested:
     unreadable: list[str] = field(default_factory=list)  # files that could not be read, each with the reason
 
 
-def store_embedder(store: DocumentStore, name: str = DEFAULT_EMBEDDER) -> Embedder:
+def store_embedder(store: DocumentStore, name: str = DEFAULT_ENCODER) -> Embedder:
     """The embedding model to write `store` with: its own (checked against its fingerprint) when it
     has one and `name` is the default, else `name`, which must match the store's recorded weights."""
     info = store.info()
-    if "embedding_model" in info and name == DEFAULT_EMBEDDER:
+    if "embedding_model" in info and name == DEFAULT_ENCODER:
         return store.embedder()
     embedder = Embedder(name)
     store.check_embedder(embedder)
@@ -70,7 +69,7 @@ def _unchanged(path: Path, old: dict | None) -> tuple[bool, dict]:
 
 
 def ingest(store: DocumentStore, paths: Sequence[str | Path], settings: PassageSettings = PassageSettings(),
-           embedding_model: str = DEFAULT_EMBEDDER, field: str = "text", replace: bool = False,
+           embedding_model: str = DEFAULT_ENCODER, field: str = "text", replace: bool = False,
            show_progress: bool = False, what: str = "index", embedder: Embedder | None = None) -> Ingested:
     """Add the documents in `paths` to `store` in one write (all or nothing for the store). A file that
     cannot be read is listed in `unreadable` and the others are written. Files are known by their real

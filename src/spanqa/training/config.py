@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from spanqa.models import DEFAULT_ENCODER
+
 C = TypeVar("C", bound="LoopConfig")
 
 
@@ -25,7 +27,7 @@ class ConfigError(ValueError):
 class LoopConfig:
     """What every training run needs, whatever the task; `spanqa train --help` documents each flag."""
 
-    model: str = "all-MiniLM-L6-v2"
+    model: str = DEFAULT_ENCODER
     output_dir: str = "runs/reader"
     epochs: float = 2.0
     max_steps: int = -1                # > 0: stop after this many optimizer steps
