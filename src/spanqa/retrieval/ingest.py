@@ -5,7 +5,6 @@ What `spanqa index` does for every store (an index folder or PostgreSQL); the st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import defaultdict
@@ -15,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from spanqa.data.cache import file_sha256
 from spanqa.data.documents import CollectionError, Document, document_files, keep_documents, read_file
 from spanqa.models import DEFAULT_ENCODER
 
@@ -48,11 +48,7 @@ def file_signature(path: Path) -> dict:
     """What tells a file changed: size and mtime (no reading), then its sha256 (see `_unchanged`)."""
     checked = time.time_ns()
     stat = path.stat()  # before hashing: a write during the hashing leaves a newer mtime, seen next time
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest(), "checked_ns": checked}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(path), "checked_ns": checked}
 
 
 def _unchanged(path: Path, old: dict | None) -> tuple[bool, dict]:
