@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from spanqa.data.sources import DataError, parse_json, read_json_file
-
-
-class CollectionError(ValueError):
-    """A document or an index that cannot be used; the message names the file and the fix."""
+from spanqa.errors import CollectionError  # defined apart so that retrieval.layout needs nothing from here
+from spanqa.retrieval import layout
 
 
 @dataclass(frozen=True)
@@ -165,8 +163,6 @@ def _walk(root: Path, notes: list[str] | None, unreadable: list[str] | None) -> 
 def _is_index_folder(folder: Path) -> bool:
     """A `spanqa index` folder (see `layout.is_index`); False for one that cannot be looked into (os.walk
     then names it as unreadable)."""
-    from spanqa.retrieval import layout  # here: layout imports this module
-
     try:
         return layout.is_index(folder)
     except CollectionError:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from spanqa.data.documents import CollectionError
+from spanqa.errors import CollectionError
 from spanqa.files import atomic_write_text
 
 CURRENT, LOCK = "CURRENT", ".lock"
