@@ -1,6 +1,9 @@
 """Reader API: offsets into the given context, long contexts, batches, no-answer results."""
 
 import json
+import shutil
+
+import pytest
 
 from spanqa.qa.reader import Reader
 
@@ -8,8 +11,6 @@ SMALL = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 32}
 
 
 def reader_folder(tiny_model, tmp_path, decoding=None):
-    import shutil
-
     folder = tmp_path / "m"
     shutil.copytree(tiny_model, folder)
     (folder / "spanqa.json").write_text(json.dumps({"windows": SMALL, "decoding": decoding or {}}))
@@ -59,8 +60,6 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_fp32_does_not(tiny_model, t
     """Without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32: the user is told so."""
     import warnings
 
-    import pytest
-
     from spanqa import models
 
     folder = reader_folder(tiny_model, tmp_path)
@@ -76,12 +75,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_fp32_does_not(tiny_model, t
         Reader.load(folder, precision="bf16")
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
 def test_a_compiled_reader_reads_as_the_eager_one_and_onnx_refuses_to_compile(tiny_model, tmp_path):
     """`compile=True` compiles at load time (torch.compile, inductor with freezing) and then gives the eager
     model's logits (to float tolerance: inductor fuses and reorders) and the same answers; the start-up line
     says so. An ONNX export cannot be compiled again: a clear error."""
     import numpy as np
-    import pytest
 
     from spanqa.export import export_onnx
     from spanqa.models import ModelError
