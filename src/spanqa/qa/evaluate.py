@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from spanqa.data.sources import DataError
 from spanqa.files import atomic_write_json
+from spanqa.models import SETTINGS_FILE
 from spanqa.progress import progress_bar
 from spanqa.qa.decode import DecodeSettings, Prediction, decode
 from spanqa.qa.metrics import squad_v1, squad_v2, token_accuracy
@@ -114,12 +118,6 @@ def evaluate_reader(model: str, data: str, output_dir: str | Path | None = None,
     (official sweep): it stays the reader's decision threshold, the calibration's P(no answer) = 0.5
     point is recorded beside it (`calibration.no_answer.null_threshold`). `report` writes report.html.
     Prediction files keep the decoder's uncalibrated probabilities (the report compares both)."""
-    import json
-    from dataclasses import replace
-
-    from spanqa.data.sources import DataError
-    from spanqa.models import SETTINGS_FILE
-
     dataset = load_dataset(data, split="validation")
     examples = dataset.examples[:max_samples] if max_samples else dataset.examples
     if not any(e.has_answer for e in examples):
