@@ -88,7 +88,9 @@ def compare_stores(args) -> None:
     from contextlib import ExitStack
 
     from spanqa.data.documents import read_documents
-    from spanqa.retrieval.index import Embedder, Index, PassageSettings, _indexed_text, split_passages
+    from spanqa.retrieval.embedder import Embedder
+    from spanqa.retrieval.index import Index
+    from spanqa.retrieval.passages import PassageSettings, indexed_text, split_passages
     from spanqa.retrieval.postgres import PostgresStore
 
     rows = gold_documents()
@@ -96,7 +98,7 @@ def compare_stores(args) -> None:
     settings, embedder = PassageSettings(), Embedder()
     docs, _ = read_documents([DEV])
     passages = [p for d in docs for p in split_passages(d, settings)]
-    embeddings = cached_vectors("passages", [_indexed_text(p) for p in passages], embedder)
+    embeddings = cached_vectors("passages", [indexed_text(p) for p in passages], embedder)
     query_vectors = cached_vectors("questions", questions, embedder)
     memory = Index.empty(settings)
     memory.add(passages, embeddings, embedder, settings)

@@ -76,7 +76,7 @@ class SyntheticPassages:
         return [" ".join(row) for row in self.words[ids]]
 
     def __iter__(self):
-        from spanqa.retrieval.index import Passage
+        from spanqa.retrieval.passages import Passage
 
         for chunk in range((self.n + CHUNK - 1) // CHUNK):
             for j, text in enumerate(self.texts(chunk)):
@@ -97,10 +97,10 @@ class MiniLMIdentity:
 
     def __init__(self):
         from spanqa.models import resolve_model
-        from spanqa.retrieval.index import _fingerprint
+        from spanqa.retrieval.embedder import fingerprint
 
         self.name, self.max_length = "all-MiniLM-L6-v2", 256
-        self.fingerprint = _fingerprint(Path(resolve_model(self.name)))
+        self.fingerprint = fingerprint(Path(resolve_model(self.name)))
 
 
 def queries(passages: SyntheticPassages, count: int, seed: int = 2) -> tuple[list[str], np.ndarray]:
@@ -119,7 +119,7 @@ def load(store, passages: SyntheticPassages, vectors: np.ndarray, identity, url:
     """One `add` of everything; the HNSW build is timed by watching its progress view."""
     import psycopg
 
-    from spanqa.retrieval.index import PassageSettings
+    from spanqa.retrieval.passages import PassageSettings
 
     seen: list[float] = []
     done = threading.Event()
@@ -225,7 +225,8 @@ def server_rss(url: str, schema: str, questions: list[str], requests: int = 40) 
 
 
 def in_process(passages: SyntheticPassages, vectors: np.ndarray, identity, texts, qvectors, per_client) -> dict:
-    from spanqa.retrieval.index import Index, PassageSettings
+    from spanqa.retrieval.index import Index
+    from spanqa.retrieval.passages import PassageSettings
 
     before = peak_rss_mb()
     t0 = time.perf_counter()
@@ -249,7 +250,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="result file name (default pg_scale_N)")
     args = ap.parse_args()
 
-    from spanqa.retrieval.index import Passage
+    from spanqa.retrieval.passages import Passage
     from spanqa.retrieval.postgres import PostgresStore
 
     passages = SyntheticPassages(args.passages)

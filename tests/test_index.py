@@ -19,7 +19,9 @@ from spanqa.cli import app
 from spanqa.data.documents import CollectionError, Document, read_documents
 from spanqa.qa.collection import ask_collection
 from spanqa.qa.reader import Reader
-from spanqa.retrieval.index import Embedder, Index, PassageSettings, split_passages
+from spanqa.retrieval.embedder import Embedder
+from spanqa.retrieval.index import Index
+from spanqa.retrieval.passages import PassageSettings, split_passages
 from spanqa.server import create_app
 
 EIFFEL = ("# The Eiffel Tower\n\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. "

@@ -27,7 +27,8 @@ HARNESS = r"""
 import atexit, builtins, io, os, shutil, signal, sys
 out, kill_at, args = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 import spanqa.retrieval.ingest as ingest
-from spanqa.retrieval.index import Embedder, Index
+from spanqa.retrieval.embedder import Embedder
+from spanqa.retrieval.index import Index
 passed = 0
 
 def point():

@@ -151,7 +151,8 @@ def test_a_server_on_an_index_of_other_embedding_weights_refuses_to_start(tiny_m
 
     from spanqa.cli import app
     from spanqa.data.documents import CollectionError
-    from spanqa.retrieval.index import Embedder, Index
+    from spanqa.retrieval.embedder import Embedder
+    from spanqa.retrieval.index import Index
 
     embedding = tmp_path / "embedding-model"
     shutil.copytree(tiny_model, embedding)

@@ -65,7 +65,7 @@ def test_cli_index_search_ask_add_update_delete(pg_url, tiny_model, tmp_path):
 def test_server_asks_the_store_through_its_pool(pg_url, tiny_model, tmp_path):
     from spanqa.qa.reader import Reader
     from spanqa.retrieval.ingest import ingest
-    from spanqa.retrieval.store import open_store
+    from spanqa.retrieval.stores import open_store
     from spanqa.server import create_app
 
     (tmp_path / "volcano.txt").write_text(VOLCANO)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from spanqa.data.documents import CollectionError, Document
-from spanqa.retrieval.index import Index, PassageSettings, _indexed_text, split_passages
+from spanqa.retrieval.index import Index
+from spanqa.retrieval.passages import PassageSettings, indexed_text, split_passages
 from spanqa.retrieval.store import MODES, DocumentStore
 
 from pg_server import pg_url_or_skip
@@ -58,7 +59,7 @@ def passages(texts: dict[str, str], path: str = "docs.txt") -> list:
 
 
 def embed(ps: list) -> np.ndarray:
-    return EMBEDDER.encode([_indexed_text(p) for p in ps])
+    return EMBEDDER.encode([indexed_text(p) for p in ps])
 
 
 def search(store: DocumentStore, query: str, k: int = 3, mode: str = "hybrid"):

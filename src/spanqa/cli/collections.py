@@ -37,8 +37,8 @@ def index_cmd(docs: list[Path] = typer.Argument(None, help="Files or folders: .t
     cannot be read is named (all of them, with the reason) and the others are indexed; the exit code is 1."""
     from spanqa.data.documents import CollectionError
     from spanqa.models import ModelError
-    from spanqa.retrieval.index import PassageSettings
-    from spanqa.retrieval.store import is_database_url
+    from spanqa.retrieval.passages import PassageSettings
+    from spanqa.retrieval.stores import is_database_url
 
     if (out is None) == (store is None):
         fail("say where the collection goes: --out DIR or --store postgresql://...")
@@ -153,7 +153,7 @@ def search_cmd(index: Optional[Path] = typer.Argument(None, help="Index folder (
                as_json: bool = typer.Option(False, "--json")) -> None:
     """The passages of an index (or a PostgreSQL store) that best match a query, with scores and sources."""
     from spanqa.data.documents import CollectionError
-    from spanqa.retrieval.index import MODES
+    from spanqa.retrieval.store import MODES
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}")

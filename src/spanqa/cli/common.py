@@ -79,7 +79,7 @@ def load_index(folder: Path):
 def load_store(location: str, **kwargs):
     """The document store at `location`: a postgresql:// URL (?schema=NAME optional) or an index folder."""
     from spanqa.data.documents import CollectionError
-    from spanqa.retrieval.store import open_store
+    from spanqa.retrieval.stores import open_store
 
     try:
         return open_store(str(location), **kwargs)

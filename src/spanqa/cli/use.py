@@ -60,7 +60,7 @@ def _ask_collection(model: str, folder: Optional[Path], store: Optional[str], qu
                     passages: int, mode: str):
     from spanqa.data.documents import CollectionError
     from spanqa.qa.collection import ask_collection
-    from spanqa.retrieval.index import MODES
+    from spanqa.retrieval.store import MODES
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}")

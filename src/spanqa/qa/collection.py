@@ -24,7 +24,7 @@ import numpy as np
 from spanqa.qa.metrics import normalize_answer
 from spanqa.qa.reader import Reader
 from spanqa.qa.squad import Example
-from spanqa.retrieval.index import bm25_index, bm25_retrieve
+from spanqa.retrieval.bm25 import bm25_index, bm25_retrieve
 from spanqa.retrieval.store import DocumentStore
 
 # The best of 0/1/2/4/8/16 on dev-v1.1 questions 5000-5499 (F1 of retrieve+read with

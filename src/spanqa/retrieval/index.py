@@ -1,4 +1,4 @@
-"""Document collections: read files, split them into passages, index them (BM25 and dense), search.
+"""The in-process document store: passages with a BM25 index and dense embeddings in a versioned folder.
 
 An index version holds `index.json` (settings, the embedding model and its fingerprint, and the size,
 mtime and sha256 of each indexed file), `passages.jsonl` and `embeddings.npy` (L2-normalised
@@ -10,124 +10,24 @@ keep in sync). `--add` appends documents (only new passages are embedded) and re
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from spanqa.data.documents import CollectionError, Document
-from spanqa.models import DEFAULT_ENCODER, ModelError, load_encoder, load_tokenizer, resolve_model
-from spanqa.progress import progress_bar
+from spanqa.errors import CollectionError
+from spanqa.models import ModelError
 
 from . import layout
-
-# Hit and MODES live in the store interface; imported here also for the modules that import them from here
-from .store import (HYBRID_POOL, MODES, DocKey, EmbedderLike, Hit, check_mode, check_vectors,  # noqa: F401
-                    embedding_mismatch, hits)
+from .bm25 import bm25_index, bm25_retrieve
+from .embedder import Embedder
+from .ingest import ingest
+from .passages import Passage, PassageSettings, indexed_text
+from .store import HYBRID_POOL, DocKey, EmbedderLike, Hit, check_mode, check_vectors, embedding_mismatch, hits
 
 INDEX_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Passage:
-    """A piece of a document: text == document text[start:start + len(text)]."""
-
-    doc_id: str
-    title: str
-    path: str
-    passage_id: int
-    start: int
-    text: str
-
-
-@dataclass(frozen=True)
-class PassageSettings:
-    max_words: int = 200
-    overlap_words: int = 50
-
-    def __post_init__(self) -> None:
-        if self.max_words < 1 or not 0 <= self.overlap_words < self.max_words:
-            raise CollectionError("passages need max_words >= 1 and 0 <= overlap_words < max_words")
-
-
-# --- passages ------------------------------------------------------------------------------------
-
-def split_passages(doc: Document, settings: PassageSettings) -> list[Passage]:
-    """Paragraph-aware passages: whole paragraphs packed up to max_words; longer paragraphs cut into
-    windows of max_words overlapping by overlap_words. Offsets point into the document text."""
-    pieces: list[tuple[int, int]] = []  # (start, end) character ranges, each at most max_words words
-    for para in re.finditer(r"\S(?:.*?\S)?(?=\s*\n\s*\n|\s*$)", doc.text, flags=re.S):
-        words = [m.span() for m in re.finditer(r"\S+", para.group())]
-        step = settings.max_words - settings.overlap_words
-        for lo in range(0, max(len(words) - settings.overlap_words, 1), step):
-            chunk = words[lo:lo + settings.max_words]
-            pieces.append((para.start() + chunk[0][0], para.start() + chunk[-1][1]))
-    passages, group, group_words = [], [], 0
-    for start, end in pieces:
-        n = len(doc.text[start:end].split())
-        if group and group_words + n > settings.max_words:
-            passages.append(group)
-            group, group_words = [], 0
-        group.append((start, end))
-        group_words += n
-    if group:
-        passages.append(group)
-    return [Passage(doc.doc_id, doc.title, doc.path, i, g[0][0], doc.text[g[0][0]:g[-1][1]])
-            for i, g in enumerate(passages)]
-
-
-# --- dense embeddings ----------------------------------------------------------------------------
-
-class Embedder:
-    """Sentence embeddings by mean pooling a transformer encoder (all-MiniLM-L6-v2 by default)."""
-
-    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 256, batch_size: int = 64):
-        import torch
-
-        path = resolve_model(name)
-        local = Path(name).expanduser()
-        # a local folder is recorded by its absolute path: the index is used from other working folders
-        self.name = str(local.resolve()) if local.exists() else name
-        self.max_length, self.batch_size = max_length, batch_size
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_encoder(path).eval()
-        self.torch = torch
-        self.fingerprint = _fingerprint(Path(path))
-
-    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
-        """(N, dim) float32, unit length; longest texts first so batches carry little padding."""
-        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        bar = progress_bar("embedding passages", len(texts), show_progress, "passages")
-        with self.torch.inference_mode():
-            for lo in range(0, len(texts), self.batch_size):
-                index = order[lo:lo + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[index] = self.torch.nn.functional.normalize(pooled, dim=-1).numpy()
-                bar.advance(len(index))
-        bar.close()
-        return out
-
-
-def _fingerprint(folder: Path) -> str:
-    """sha256 of the model's weights file(s): the same name with other weights is a mismatch."""
-    digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) if folder.exists() else []
-    if not files:
-        return "unknown"
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 # --- the index -----------------------------------------------------------------------------------
@@ -141,7 +41,7 @@ class Index:
     def __init__(self, meta: dict, passages: list[Passage], embeddings: np.ndarray, embedder: Embedder | None = None):
         self.meta, self.passages, self.embeddings = meta, passages, embeddings
         self._embedder = embedder
-        self._bm25 = bm25_index([_indexed_text(p) for p in passages])
+        self._bm25 = bm25_index([indexed_text(p) for p in passages])
 
     # building and storing
 
@@ -151,8 +51,6 @@ class Index:
               show_progress: bool = False) -> tuple["Index", list[str]]:
         """An index of the documents in `paths` (added to a copy of `base` when given: changed files
         re-indexed, unchanged ones skipped) and notes on what was skipped or could not be read."""
-        from .ingest import ingest
-
         index = copy.copy(base) if base is not None else cls.empty(settings)
         done = ingest(index, paths, settings, field=field, show_progress=show_progress, embedder=embedder)
         return index, done.notes + done.unreadable
@@ -267,7 +165,7 @@ class Index:
         """Indexed text -> embedding of these documents' passages: a changed file's unchanged passages
         keep their vectors instead of being embedded again."""
         keys = set(keys)
-        return {_indexed_text(p): self.embeddings[i] for i, p in enumerate(self.passages) if (p.path, p.doc_id) in keys}
+        return {indexed_text(p): self.embeddings[i] for i, p in enumerate(self.passages) if (p.path, p.doc_id) in keys}
 
     def files(self) -> dict[str, dict]:
         """Size, mtime_ns and sha256 of each indexed file (by real path), as they were when it was read."""
@@ -302,7 +200,7 @@ class Index:
         self._set(kept + new, np.concatenate([self.embeddings[keep], embeddings]) if kept else embeddings, meta)
 
     def _set(self, passages: list[Passage], embeddings: np.ndarray, meta: dict) -> None:
-        bm25 = bm25_index([_indexed_text(p) for p in passages])  # before any change: a failure changes nothing
+        bm25 = bm25_index([indexed_text(p) for p in passages])  # before any change: a failure changes nothing
         self.meta = {**meta, "documents": len({(p.path, p.doc_id) for p in passages}), "passage_count": len(passages)}
         self.passages, self.embeddings, self._bm25 = passages, embeddings, bm25
 
@@ -353,11 +251,6 @@ class Index:
         return ids, np.take_along_axis(sims, ids, axis=1)
 
 
-def _indexed_text(p: Passage) -> str:
-    """What search sees of a passage: its document title, then its text (as DPR indexes Wikipedia)."""
-    return f"{p.title.replace('_', ' ')}\n{p.text}" if p.title else p.text
-
-
 def _fuse(rankings: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Hybrid ranking: the equal-weight sum of each retriever's min-max normalised scores over its pool.
 
@@ -376,33 +269,3 @@ def _fuse(rankings: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[list[n
     return ids_out, scores_out
 
 
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-def bm25_tokens(texts: Sequence[str]) -> list[list[str]]:
-    """The BM25 tokens of each text (bm25s with English stop words and stems): the index's and the
-    PostgreSQL store's, so that both match the same words."""
-    import bm25s
-
-    if not texts:
-        return []
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
-
-
-def bm25_retrieve(retriever, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Passage ids and scores (Q, k) of the k best BM25 matches of each query."""
-    return retriever.retrieve(bm25_tokens(queries), k=k, show_progress=False, n_threads=0)
-
-
-def bm25_index(texts: list[str]):
-    """A bm25s index of the passages (built at load time: seconds for 10k passages, nothing to keep in sync)."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    if texts:
-        retriever.index(bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False),
-                        show_progress=False)
-    return retriever

@@ -18,7 +18,8 @@ from spanqa.data.cache import file_sha256
 from spanqa.data.documents import CollectionError, Document, document_files, keep_documents, read_file
 from spanqa.models import DEFAULT_ENCODER
 
-from .index import Embedder, PassageSettings, _indexed_text, split_passages
+from .embedder import Embedder
+from .passages import PassageSettings, indexed_text, split_passages
 from .store import DocKey, DocumentStore
 
 
@@ -137,7 +138,7 @@ def ingest(store: DocumentStore, paths: Sequence[str | Path], settings: PassageS
 def _embed(store: DocumentStore, embedder: Embedder, passages: list, replaced: set[DocKey],
            show_progress: bool) -> np.ndarray:
     """Embeddings of `passages`; those whose text is unchanged in a replaced document keep their vector."""
-    texts = [_indexed_text(p) for p in passages]
+    texts = [indexed_text(p) for p in passages]
     old = store.vectors_of(replaced) if replaced and hasattr(store, "vectors_of") else {}
     todo = [i for i, t in enumerate(texts) if t not in old]
     fresh = embedder.encode([texts[i] for i in todo], show_progress) if todo else None

@@ -33,7 +33,9 @@ import numpy as np
 
 from spanqa.data.documents import CollectionError
 
-from .index import Embedder, Passage, PassageSettings, bm25_tokens
+from .bm25 import bm25_tokens
+from .embedder import Embedder
+from .passages import Passage, PassageSettings
 from .postgres_sql import (MAX_EF_SEARCH, MIN_EF_SEARCH, SEARCH_SQL, check_stored_embedder,
                            delete_documents, insert_passages, lock_writers, migrate, set_meta)
 from .store import HYBRID_POOL, DocKey, EmbedderLike, Hit, check_mode, check_vectors, hits

@@ -14,7 +14,8 @@ import numpy as np
 
 from spanqa.data.documents import CollectionError
 
-from .index import Passage, _indexed_text, bm25_tokens
+from .bm25 import bm25_tokens
+from .passages import Passage, indexed_text
 from .store import BM25_B, BM25_K1, DocKey, EmbedderLike, embedding_mismatch
 
 SCHEMA_VERSION = 2
@@ -188,7 +189,7 @@ def insert_passages(conn, passages: Iterable[Passage], embeddings: np.ndarray, b
                             "(FORMAT BINARY)") as copy:
         copy.set_types(["text", "text", "text", "int4", "int4", "text", "text[]", "int4[]", "int4", "vector"])
         for chunk in _chunks(passages, batch):
-            for p, toks in zip(chunk, bm25_tokens([_indexed_text(c) for c in chunk])):
+            for p, toks in zip(chunk, bm25_tokens([indexed_text(c) for c in chunk])):
                 tf = Counter(toks)
                 df.update(tf.keys())
                 copy.write_row([p.doc_id, p.title, p.path, p.passage_id, p.start, p.text,

@@ -16,12 +16,13 @@ hybrid score itself, or the min-max normalised text or dense score over the retu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:  # a type only: index.py imports this module
-    from .index import Passage, PassageSettings
+from spanqa.errors import CollectionError
+
+from .passages import Passage, PassageSettings
 
 MODES = ("bm25", "dense", "hybrid")
 HYBRID_POOL = 100  # passages each retriever contributes to hybrid ranking
@@ -32,7 +33,7 @@ DocKey = tuple[str, str]  # (path, doc_id)
 
 @dataclass(frozen=True)
 class Hit:
-    passage: "Passage"
+    passage: Passage
     score: float       # the mode's own score (BM25, cosine or hybrid), see the module docstring
     rank: int          # 0 = best
     relevance: float   # in [0, 1], comparable across stores and modes
@@ -67,14 +68,14 @@ class DocumentStore(Protocol):
         """Raise CollectionError unless `embedder` is the model whose vectors the store holds."""
         ...
 
-    def add(self, passages: Sequence["Passage"], embeddings: np.ndarray, embedder: EmbedderLike,
-            settings: "PassageSettings | None" = None) -> None:
+    def add(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
+            settings: PassageSettings | None = None) -> None:
         """Add new documents' passages (row i of `embeddings` is passage i's); all or nothing.
         A document already in the store is refused (use `update`)."""
         ...
 
-    def update(self, passages: Sequence["Passage"], embeddings: np.ndarray, embedder: EmbedderLike,
-               settings: "PassageSettings | None" = None) -> None:
+    def update(self, passages: Sequence[Passage], embeddings: np.ndarray, embedder: EmbedderLike,
+               settings: PassageSettings | None = None) -> None:
         """Replace the documents of `passages` (added when new) in one atomic step."""
         ...
 
@@ -100,16 +101,12 @@ class DocumentStore(Protocol):
 
 def check_mode(mode: str) -> None:
     """Raise CollectionError for an unknown search mode."""
-    from spanqa.data.documents import CollectionError
-
     if mode not in MODES:
         raise CollectionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def check_vectors(mode: str, vectors: np.ndarray | None, queries: Sequence[str]) -> None:
     """Raise CollectionError when dense or hybrid search lacks one query vector per query."""
-    from spanqa.data.documents import CollectionError
-
     if mode != "bm25" and (vectors is None or len(vectors) != len(queries)):
         raise CollectionError(f"{mode} search needs one query vector per query")
 
@@ -123,7 +120,7 @@ def relevance(scores: Sequence[float], mode: str, floor: float | None = None) ->
     return [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in scores]
 
 
-def hits(passages: Sequence["Passage"], scores: Sequence[float], mode: str, floor: float | None = None) -> list[Hit]:
+def hits(passages: Sequence[Passage], scores: Sequence[float], mode: str, floor: float | None = None) -> list[Hit]:
     """Hits of one query, best first, with their relevance."""
     rel = relevance(scores, mode, floor)
     return [Hit(p, float(s), r, v) for r, (p, s, v) in enumerate(zip(passages, scores, rel))]
@@ -134,29 +131,3 @@ def embedding_mismatch(name: str, fingerprint: str, embedder: EmbedderLike, what
     return (f"this {what} was built with embedding model {name!r} (weights {fingerprint}), "
             f"not {embedder.name!r} (weights {embedder.fingerprint}): dense search would "
             f"compare unrelated vectors; use {name!r} or rebuild the {what}")
-
-
-def is_database_url(location: str) -> bool:
-    return str(location).startswith(("postgresql://", "postgres://"))
-
-
-def open_store(location: str, **kwargs) -> DocumentStore:
-    """The store at `location`: a postgresql:// URL or an index folder. A URL may name the schema that
-    holds spanqa's tables with a `schema` query parameter (postgresql://host/db?schema=team_a; default
-    spanqa); its other parameters go to libpq (sslmode=require, ...)."""
-    if is_database_url(location):
-        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-        from .postgres import PostgresStore
-
-        parts = urlsplit(location)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        schemas = [v for k, v in query if k == "schema"]
-        if schemas:
-            kwargs.setdefault("schema", schemas[-1])
-            location = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
-        return PostgresStore(location, **kwargs)
-    from .index import Index
-
-    kwargs.pop("pool_size", None)  # a PostgreSQL setting; the in-process index has no connections
-    return Index.load(location, **kwargs)
