@@ -10,9 +10,14 @@ tokens: (3072 x 384) @ (384 x 1536)), on every core torch / ONNX Runtime use by 
 FLOPs (multiply-adds x 2) from the model's config: per layer the Q, K, V and output projections
 (4 s h^2), the feed-forward (2 s h i) and attention's scores and weighted sum (2 s^2 h), plus the
 span head; per question, over the real dev-v1.1 windows at 384/128/64 (tokens that are not padding).
-The share table reads the medians of bench/results/infer_cpu.json when it is there.
+Attention is timed apart: torch's scaled_dot_product_attention (the kernel transformers' BERT calls)
+on 8 windows of the model's heads at the dev windows' mean length and at 384, with a padding mask as
+the reader passes one. Its head size (32 for MiniLM) keeps its small matmuls far from the matmul peak,
+so the ceiling of a path is computed from both: seconds per question = matmul FLOPs / the
+feed-forward shape's peak + attention FLOPs / attention's rate.
+The share table reads the medians of bench/results/infer_cpu{--results-tag}.json when it is there.
 
-    python bench/peak.py [--model runs/quick] [--questions 2000] [--repeats 20]
+    python bench/peak.py [--model runs/quick] [--questions 2000] [--repeats 20] [--results-tag=-t45-all]
 """
 
 from __future__ import annotations
@@ -84,11 +89,33 @@ def onnx_int8_peak(shape: tuple[int, int, int], repeats: int) -> float:
     return best_rate(lambda: session.run(None, {"A": a}), 2 * m * k * n, repeats)
 
 
-def flops_per_window(config, tokens: int) -> float:
-    """Forward FLOPs of a BERT-style reader on one window of `tokens` tokens."""
+def attention_rates(config, lengths: list[int], repeats: int) -> dict[str, float]:
+    """GFLOP/s of scaled_dot_product_attention on 8 windows of `config`'s heads, in fp32 and bf16, at each length,
+    with an additive padding mask (the last tenth of the keys masked), keyed "bf16@148"."""
+    import torch
+
+    heads, size = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    out = {}
+    for length in lengths:
+        mask = torch.zeros(8, 1, length, length)
+        mask[..., length - length // 10:] = torch.finfo(torch.float32).min
+        q, k, v = (torch.randn(8, heads, length, size) for _ in range(3))
+        ops = 8 * 4 * length * length * config.hidden_size  # scores and weighted sum, x2 for multiply-add
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            args = [t.to(dtype) for t in (q, k, v, mask)]
+            with torch.inference_mode():
+                out[f"{name}@{length}"] = best_rate(
+                    lambda: torch.nn.functional.scaled_dot_product_attention(*args[:3], attn_mask=args[3]), ops, repeats)
+    return out
+
+
+def flops_per_window(config, tokens: int, part: str = "all") -> float:
+    """Forward FLOPs of a BERT-style reader on one window of `tokens` tokens: "all", or only its "attention"
+    (scores and weighted sum) or its "matmuls" (projections, feed-forward, span head)."""
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    per_layer = 2 * (4 * tokens * h * h + 2 * tokens * h * i + 2 * tokens * tokens * h)
-    return layers * per_layer + 2 * tokens * h * 2  # + the span head (h -> 2)
+    attention = layers * 2 * 2 * tokens * tokens * h
+    matmuls = layers * 2 * (4 * tokens * h * h + 2 * tokens * h * i) + 2 * tokens * h * 2  # + the span head (h -> 2)
+    return {"all": attention + matmuls, "attention": attention, "matmuls": matmuls}[part]
 
 
 def dev_window_flops(model: str, questions: int) -> dict[str, float]:
@@ -104,15 +131,30 @@ def dev_window_flops(model: str, questions: int) -> dict[str, float]:
     windows = build_windows(examples, load_tokenizer(model), WindowSettings(384, 128, 64))
     lengths = np.asarray(windows.attention_mask).sum(axis=1)
     total = sum(flops_per_window(config, int(t)) for t in lengths)
-    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
+    attention = sum(flops_per_window(config, int(t), "attention") for t in lengths)
+    return {"attention_flops_per_question": attention / len(examples), "layers": config.num_hidden_layers, "hidden": config.hidden_size,
             "intermediate": config.intermediate_size, "flops_per_384_window": flops_per_window(config, 384),
             "questions": len(examples), "windows": len(windows), "mean_tokens_per_window": float(lengths.mean()),
             "flops_per_question": total / len(examples)}
 
 
-def shares(flops_per_question: float, peaks: dict[str, float]) -> dict[str, dict]:
+def ceilings(flops: dict, ffn_peaks: dict[str, float], attention: dict[str, float]) -> dict[str, dict]:
+    """Questions/s a reader could reach in fp32 and bf16 if every matmul ran at the feed-forward shape's peak and
+    attention at its measured rate (at the windows' mean length), nothing else costing time."""
+    length = round(flops["mean_tokens_per_window"])
+    out = {}
+    for precision in ("fp32", "bf16"):
+        matmuls = flops["flops_per_question"] - flops["attention_flops_per_question"]
+        seconds = matmuls / (ffn_peaks[f"{precision}_torch"] * 1e9) + \
+            flops["attention_flops_per_question"] / (attention[f"{precision}@{length}"] * 1e9)
+        out[precision] = {"questions_per_s": 1 / seconds, "attention_share": flops["attention_flops_per_question"] /
+                          (attention[f"{precision}@{length}"] * 1e9) / seconds}
+    return out
+
+
+def shares(flops_per_question: float, peaks: dict[str, float], tag: str = "") -> dict[str, dict]:
     """Each infer_cpu path's median questions/s as GFLOP/s and as a share of its precision's best peak."""
-    path = RESULTS / "infer_cpu.json"
+    path = RESULTS / f"infer_cpu{tag}.json"
     if not path.exists():
         return {}
     rows = json.loads(path.read_text())
@@ -136,9 +178,11 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--square", type=int, default=2048, help="side of the square matmul")
+    ap.add_argument("--results-tag", default="", help="read bench/results/infer_cpu{TAG}.json for the share table")
     args = ap.parse_args()
 
     import torch
+    from transformers import AutoConfig
 
     from spanqa.models import resolve_model
 
@@ -150,10 +194,14 @@ def main() -> None:
         print(name, shape, {k: round(v, 1) for k, v in peaks_by_shape[name].items()}, flush=True)
     peaks = {k: max(p[k] for p in peaks_by_shape.values() if k in p) for p in peaks_by_shape.values() for k in p}
     flops = dev_window_flops(resolve_model(args.model), args.questions)
-    table = shares(flops["flops_per_question"], peaks)
+    config = AutoConfig.from_pretrained(resolve_model(args.model))
+    attention = attention_rates(config, [round(flops["mean_tokens_per_window"]), 384], args.repeats)
+    print("attention", {k: round(v, 1) for k, v in attention.items()}, flush=True)
+    ceiling = ceilings(flops, peaks_by_shape["reader_ffn"], attention)
+    table = shares(flops["flops_per_question"], peaks, args.results_tag)
     cpu_flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
     result = {"peaks_gops": peaks, "peaks_by_shape": peaks_by_shape, "shapes": shapes, "model": flops,
-              "shares": table, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "attention_gflops": attention, "ceilings": ceiling, "shares": table, "results_tag": args.results_tag, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "cpu_flags": sorted(cpu_flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                                                 "amx_int8", "amx_tile"}),
               "load_average_before": load_before, "load_average_after": load_average()}
@@ -161,10 +209,13 @@ def main() -> None:
     print(f"\nMiniLM: {flops['flops_per_384_window'] / 1e9:.2f} GFLOP per 384-token window, "
           f"{flops['flops_per_question'] / 1e9:.2f} GFLOP per dev question ({flops['mean_tokens_per_window']:.0f} "
           "tokens per window)")
+    for precision, row in ceiling.items():
+        print(f"ceiling {precision}: {row['questions_per_s']:.1f} q/s (matmuls at the feed-forward peak, attention at "
+              f"its rate: {row['attention_share']:.0%} of the time)")
     for name, row in table.items():
         print(f"{name:34s} {row['questions_per_s']:7.1f} q/s = {row['gflops']:6.1f} GFLOP/s = "
               f"{row['share_of_peak']:.0%} of the {row['precision']} peak ({row['peak_gops']:.0f})")
-    save_result("peak", result)
+    save_result(f"peak{args.results_tag}", result)
 
 
 if __name__ == "__main__":
