@@ -138,18 +138,27 @@ def test_from_scratch_mlm_loss_falls_and_outputs(tmp_path, corpus, wordpiece):
     assert type(AutoModelForMaskedLM.from_pretrained(out)).__name__ == "BertForMaskedLM"
 
 
-def test_pretraining_without_dropout_saves_a_model_that_fine_tunes_with_it(tmp_path, corpus, wordpiece):
+def test_training_without_dropout_saves_a_model_that_fine_tunes_with_it(tmp_path, corpus, wordpiece, monkeypatch):
+    """--dropout is the engine's: every Dropout module (attention's too) drops at that rate while training, and the
+    saved config keeps the model's own rate for fine-tuning."""
+    rates, loss = [], MLMTask.loss
+
+    def watched(self, model, rows, device, epoch):
+        rates.append({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+        return loss(self, model, rows, device, epoch)
+
+    monkeypatch.setattr(MLMTask, "loss", watched)
     config = scratch_config(tmp_path, corpus, wordpiece, dropout=0.0, max_steps=2, epochs=0)
-    model = MLMTask(config).build_model().train()
-    ids = torch.randint(5, 100, (2, 16))
-    first, second = (model(input_ids=ids).logits for _ in range(2))
-    assert torch.equal(first, second)  # no dropout while pretraining: two passes in train mode agree
     pretrain(config)
+    assert rates == [{0.0}, {0.0}]
     saved = json.loads((tmp_path / "mlm" / "config.json").read_text())
     assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.1
     assert json.loads((tmp_path / "mlm" / "spanqa.json").read_text())["training"]["dropout"] == 0.0
-    with pytest.raises(ConfigError, match="from-scratch"):
-        PretrainConfig(corpus=[str(corpus)], dropout=0.0)  # continuing an encoder keeps its own dropout
+    rates.clear()
+    pretrain(scratch_config(tmp_path / "default", corpus, wordpiece, max_steps=1, epochs=0))
+    assert rates == [{0.1}]  # no --dropout: the model's own
+    with pytest.raises(ConfigError, match="dropout"):
+        PretrainConfig(corpus=[str(corpus)], dropout=1.0)
 
 
 def test_pretraining_resumes_exactly(tmp_path, corpus, wordpiece):

@@ -193,12 +193,12 @@ def load_mlm_model(name_or_path: str | None, trust_remote_code: bool = False):
 BERT_SIZES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8)}
 
 
-def new_bert_mlm(size: str, tokenizer, max_positions: int = 512, pre_ln: bool = False, dropout: float = 0.1):
+def new_bert_mlm(size: str, tokenizer, max_positions: int = 512, pre_ln: bool = False):
     """A randomly initialised BERT masked-LM of a named size for `tokenizer`'s vocabulary.
 
     Post-LN is BERT itself (`BertForMaskedLM`); `pre_ln` builds transformers' RoBERTa-PreLayerNorm (the
-    same encoder with LayerNorm before each sublayer, as in GPT-2 and most recent encoders). `dropout` is
-    BERT's 0.1 on hidden states and attention weights unless given."""
+    same encoder with LayerNorm before each sublayer, as in GPT-2 and most recent encoders). Dropout is BERT's
+    0.1 on hidden states and attention weights (what fine-tuning starts from; `--dropout` sets it while training)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
 
@@ -206,8 +206,7 @@ def new_bert_mlm(size: str, tokenizer, max_positions: int = 512, pre_ln: bool = 
         raise ModelError(f"unknown size {size!r}; choose one of {', '.join(BERT_SIZES)}")
     layers, hidden, heads = BERT_SIZES[size]
     shape = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                 intermediate_size=4 * hidden, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id,
-                 hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+                 intermediate_size=4 * hidden, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
     if pre_ln:
         # RoBERTa numbers positions from pad_token_id + 1: two more position embeddings for the same length
         config = RobertaPreLayerNormConfig(**shape, max_position_embeddings=max_positions + tokenizer.pad_token_id + 1)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from spanqa.cli.common import (
+    Dropout,
     Force,
     KeepCheckpoints,
     Resume,
@@ -51,8 +52,6 @@ def pretrain_cmd(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="A new BERT of --size for --tokenizer"),
     size: Optional[str] = typer.Option(None, help="From scratch: tiny (2x128) | mini (4x256) | small (4x512) | medium (8x512)"),
     pre_ln: bool = typer.Option(False, "--pre-ln", help="From scratch: LayerNorm before each sublayer"),
-    dropout: Optional[float] = typer.Option(None, help="From scratch: dropout while pretraining (default 0.1; "
-                                                       "0 for short budgets); the saved model has 0.1 for fine-tuning"),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer folder (default: the model's own)"),
     text_field: Optional[str] = typer.Option(None, "--field", help="Text field of .json/.jsonl records"),
     output_dir: Optional[str] = typer.Option(None, help="Where the masked-LM model is written (default runs/mlm)"),
@@ -62,6 +61,7 @@ def pretrain_cmd(
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out (default 0.05)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
     time_budget: TimeBudget = None,
+    dropout: Dropout = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,
     weight_decay: Optional[float] = None, seed: Optional[int] = None,

@@ -17,6 +17,9 @@ PRECISION_HELP = "fp32, or bf16 autocast for torch models (~1.5x faster on CPUs 
 # The training engine's flags, one definition for `train`, `classify train` and `pretrain`
 TimeBudget = Annotated[Optional[str], typer.Option(
     help="e.g. 30m or 1h30m: the learning-rate schedule follows elapsed time and the run ends, evaluated and written, within it")]
+Dropout = Annotated[Optional[float], typer.Option(
+    help="Dropout while training, every dropout of the model (default: the model's own; the saved model keeps it). "
+         "0 for short budgets: on CPUs also faster steps (1.4x for QA on 2 cores: attention with dropout leaves its fused kernel)")]
 TrainPrecision = Annotated[Optional[str], typer.Option(
     help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs that have it, else fp16; on CPUs bf16 with AVX512-BF16/AMX, else fp32)")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir")]

@@ -10,6 +10,7 @@ import typer
 
 from spanqa.cli.common import (
     PRECISION_HELP,
+    Dropout,
     Force,
     KeepCheckpoints,
     Resume,
@@ -34,6 +35,7 @@ def train_cmd(
     output_dir: Optional[str] = typer.Option(None, help="Where the reader is written (default runs/reader)"),
     epochs: Optional[float] = None, max_steps: Optional[int] = None,
     time_budget: TimeBudget = None,
+    dropout: Dropout = None,
     max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
     batch_size: Optional[int] = None, grad_accum: Optional[int] = None,
     learning_rate: Optional[float] = None, warmup_ratio: Optional[float] = None,

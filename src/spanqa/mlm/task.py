@@ -29,7 +29,6 @@ from spanqa.progress import progress_bar
 from spanqa.training.config import ConfigError, LoopConfig, layered_config
 from spanqa.training.engine import run
 
-FINE_TUNING_DROPOUT = 0.1  # BERT's; what a from-scratch model is saved with, whatever it was pretrained with
 EVAL_EPOCH = 2**32 - 1  # held-out rows are masked as if in this (never reached) epoch: the same masks every time
 
 
@@ -42,7 +41,6 @@ class PretrainConfig(LoopConfig):
     from_scratch: bool = False          # a new BERT of `size` for `tokenizer` instead of continuing `model`
     size: str = "mini"                  # from scratch: tiny | mini | small | medium (see models.BERT_SIZES)
     pre_ln: bool = False                # from scratch: LayerNorm before each sublayer
-    dropout: float | None = None        # from scratch: dropout while pretraining (default BERT's 0.1); saved as 0.1
     tokenizer: str | None = None        # default: the model's own tokenizer
     max_seq_length: int = 128
     mlm_probability: float = 0.15
@@ -68,8 +66,6 @@ class PretrainConfig(LoopConfig):
             raise ConfigError("valid_fraction must be in (0, 1)")
         if self.from_scratch and not self.tokenizer:
             raise ConfigError("--from-scratch needs --tokenizer DIR (train one with `spanqa tokenizer train`)")
-        if self.dropout is not None and not (0 <= self.dropout < 1 and self.from_scratch):
-            raise ConfigError("dropout is for --from-scratch models and must be in [0, 1)")
         if self.size not in BERT_SIZES:
             raise ConfigError(f"size must be one of {', '.join(BERT_SIZES)}, not {self.size!r}")
 
@@ -133,8 +129,7 @@ class MLMTask:
     def build_model(self) -> torch.nn.Module:
         config = self.config
         if config.from_scratch:
-            dropout = FINE_TUNING_DROPOUT if config.dropout is None else config.dropout
-            return new_bert_mlm(config.size, self.tokenizer, self.positions, config.pre_ln, dropout)
+            return new_bert_mlm(config.size, self.tokenizer, self.positions, config.pre_ln)
         model = load_mlm_model(config.model, config.trust_remote_code)
         if model.get_input_embeddings().num_embeddings < len(self.tokenizer):
             raise ModelError(f"the tokenizer has {len(self.tokenizer):,} tokens but {config.model} embeds only "
@@ -176,9 +171,6 @@ class MLMTask:
                 "perplexity": math.exp(min(loss, 50.0))}, None
 
     def finish(self, model, out: Path, metrics: dict, evaluated: None) -> dict:
-        if self.config.from_scratch:
-            # pretraining without dropout is Cramming's choice for short budgets; fine-tuning wants it back
-            model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = FINE_TUNING_DROPOUT
         model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         atomic_write_json(out / SETTINGS_FILE, {"task": "mlm", "training": self.config.to_dict(),

@@ -48,6 +48,7 @@ class LoopConfig:
     trust_remote_code: bool = False
     log_steps: int = 20
     time_budget: str | None = None     # e.g. "30m": the schedule follows elapsed time and the run ends within it
+    dropout: float | None = None       # dropout while training (every Dropout, attention's too); None: the model's own
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -55,6 +56,8 @@ class LoopConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "log_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.epochs <= 0 and self.max_steps <= 0 and self.time_budget is None:
             raise ConfigError("give epochs > 0, max_steps > 0 or a time budget")
         if self.learning_rate <= 0:

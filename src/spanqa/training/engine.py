@@ -73,6 +73,16 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every Dropout module of `model` drops with probability `p` while training; its config (what is saved, what
+    later fine-tuning starts from) keeps its own. transformers' attention reads its rate from these modules too.
+    On CPUs `p = 0` is also a speed lever: scaled_dot_product_attention with dropout leaves its fused kernel
+    (the cpu-30m recipe: 1.44x the steps in 30 minutes on 2 cores, BENCHMARKS.md)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
 def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Train `task` as `config` says and write its folder; returns what metrics.json holds."""
     from accelerate import Accelerator
@@ -97,6 +107,8 @@ def run(task: Task, config: LoopConfig, on_step: Callable[[int], None] | None = 
 
     set_seed(config.seed)
     model = task.build_model()
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate,
                                   eps=config.adam_eps)
     processes = accelerator.num_processes
