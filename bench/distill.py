@@ -1,7 +1,7 @@
 """Distillation (issue 14): a teacher reader vs 3-layer students trained with and without it, same steps.
 
     python bench/distill.py --teacher READER [--work /work/runs/distill] [--questions 16000] [--layers 3]
-                            [--epochs 1] [--from-teacher] [--alpha A] [--tag=-t45]
+                            [--epochs 1] [--from-teacher] [--alpha A] [--dropout 0] [--tag=-t45]
 
 1. Two students are built from `--layers` of the packaged MiniLM's 6 (evenly spaced; with `--from-teacher`
    of the teacher reader's own 6, its QA head kept: the fine-tuned layers are a better start than the
@@ -69,11 +69,14 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
     ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
     ap.add_argument("--alpha", type=float, help="the distilled student's --distill-alpha (default: spanqa's)")
+    ap.add_argument("--dropout", type=float, help="both students' --dropout (default: the model's own)")
     args = ap.parse_args()
 
     settings = [a.format(layers=args.layers, questions=args.questions, epochs=args.epochs) for a in STUDENT]
     if args.from_teacher:
         settings += ["--model", args.teacher]
+    if args.dropout is not None:
+        settings += ["--dropout", f"{args.dropout:g}"]
     alpha = [] if args.alpha is None else ["--distill-alpha", f"{args.alpha:g}"]
     students = {"student": args.work / f"student-{args.layers}l",
                 "distilled": args.work / f"distilled{'-a' + alpha[1] if alpha else ''}-{args.layers}l"}
