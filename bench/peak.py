@@ -132,7 +132,8 @@ def dev_window_flops(model: str, questions: int) -> dict[str, float]:
     lengths = np.asarray(windows.attention_mask).sum(axis=1)
     total = sum(flops_per_window(config, int(t)) for t in lengths)
     attention = sum(flops_per_window(config, int(t), "attention") for t in lengths)
-    return {"attention_flops_per_question": attention / len(examples), "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+    return {"attention_flops_per_question": attention / len(examples), "layers": config.num_hidden_layers,
+            "hidden": config.hidden_size,
             "intermediate": config.intermediate_size, "flops_per_384_window": flops_per_window(config, 384),
             "questions": len(examples), "windows": len(windows), "mean_tokens_per_window": float(lengths.mean()),
             "flops_per_question": total / len(examples)}
@@ -142,13 +143,13 @@ def ceilings(flops: dict, ffn_peaks: dict[str, float], attention: dict[str, floa
     """Questions/s a reader could reach in fp32 and bf16 if every matmul ran at the feed-forward shape's peak and
     attention at its measured rate (at the windows' mean length), nothing else costing time."""
     length = round(flops["mean_tokens_per_window"])
+    attention_flops = flops["attention_flops_per_question"]
+    matmul_flops = flops["flops_per_question"] - attention_flops
     out = {}
     for precision in ("fp32", "bf16"):
-        matmuls = flops["flops_per_question"] - flops["attention_flops_per_question"]
-        seconds = matmuls / (ffn_peaks[f"{precision}_torch"] * 1e9) + \
-            flops["attention_flops_per_question"] / (attention[f"{precision}@{length}"] * 1e9)
-        out[precision] = {"questions_per_s": 1 / seconds, "attention_share": flops["attention_flops_per_question"] /
-                          (attention[f"{precision}@{length}"] * 1e9) / seconds}
+        attention_seconds = attention_flops / (attention[f"{precision}@{length}"] * 1e9)
+        seconds = matmul_flops / (ffn_peaks[f"{precision}_torch"] * 1e9) + attention_seconds
+        out[precision] = {"questions_per_s": 1 / seconds, "attention_share": attention_seconds / seconds}
     return out
 
 
@@ -201,7 +202,8 @@ def main() -> None:
     table = shares(flops["flops_per_question"], peaks, args.results_tag)
     cpu_flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
     result = {"peaks_gops": peaks, "peaks_by_shape": peaks_by_shape, "shapes": shapes, "model": flops,
-              "attention_gflops": attention, "ceilings": ceiling, "shares": table, "results_tag": args.results_tag, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "attention_gflops": attention, "ceilings": ceiling, "shares": table, "results_tag": args.results_tag,
+              "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "cpu_flags": sorted(cpu_flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                                                 "amx_int8", "amx_tile"}),
               "load_average_before": load_before, "load_average_after": load_average()}
