@@ -102,10 +102,10 @@ def attention_rates(config, lengths: list[int], repeats: int) -> dict[str, float
         q, k, v = (torch.randn(8, heads, length, size) for _ in range(3))
         ops = 8 * 4 * length * length * config.hidden_size  # scores and weighted sum, x2 for multiply-add
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            args = [t.to(dtype) for t in (q, k, v, mask)]
+            q_, k_, v_, mask_ = (t.to(dtype) for t in (q, k, v, mask))
+            attend = torch.nn.functional.scaled_dot_product_attention
             with torch.inference_mode():
-                out[f"{name}@{length}"] = best_rate(
-                    lambda: torch.nn.functional.scaled_dot_product_attention(*args[:3], attn_mask=args[3]), ops, repeats)
+                out[f"{name}@{length}"] = best_rate(lambda: attend(q_, k_, v_, attn_mask=mask_), ops, repeats)
     return out
 
 
