@@ -11,9 +11,10 @@
    does, or `--alpha` and 1 - alpha: such a student gets a folder of its own). Every run is
    a `spanqa train` command, printed before it runs; a finished run is skipped, an interrupted one resumed.
 2. The teacher and both students are scored on all of dev-v1.1 (`spanqa evaluate`, fp32).
-3. Reading speed: the teacher and the distilled student take turns (A B A B ...) answering the same
-   `--read-questions` dev questions, with torch fp32 and with `spanqa export`'s default (ONNX int8),
-   windows 384/128 as bench/infer_cpu.py; medians of `--rounds` rounds and the student/teacher ratios.
+3. Reading speed (skipped with `--read-questions 0`): the teacher and the distilled student take turns
+   (A B A B ...) answering the same `--read-questions` dev questions, with torch fp32 and with `spanqa export`'s
+   default (ONNX int8), windows 384/128 as bench/infer_cpu.py; medians of `--rounds` rounds and the
+   student/teacher ratios.
 
 Results: bench/results/distill{TAG}.json.
 """
@@ -64,7 +65,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=16000)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1, help="student epochs (both students)")
-    ap.add_argument("--read-questions", type=int, default=1000)
+    ap.add_argument("--read-questions", type=int, default=1000, help="0: no reading-speed step")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/distill{TAG}.json)")
     ap.add_argument("--from-teacher", action="store_true", help="students start from the teacher's layers and head")
@@ -94,9 +95,28 @@ def main() -> None:
         metrics = json.loads((folder / "metrics.json").read_text())
         train_minutes[name] = metrics.get("train_seconds", float("nan")) / 60
 
+    speed = reading_speed(models, args.read_questions, args.rounds) if args.read_questions else None
+    result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
+              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
+              "from_teacher": args.from_teacher, "alpha": args.alpha,
+              "questions": args.questions, "epochs": args.epochs, "read_questions": args.read_questions,
+              "student_command": "spanqa train " + shlex.join(settings),
+              "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
+    for name, s in result["dev_full"].items():
+        print(f"{name:10s} all of dev-v1.1: EM {s['exact_match']:.1f} F1 {s['f1']:.1f}  "
+              f"(training {train_minutes[name]:.1f} min)")
+    print(f"distillation adds {scores['distilled']['f1'] - scores['student']['f1']:+.2f} F1; "
+          f"student - teacher {scores['distilled']['f1'] - scores['teacher']['f1']:+.2f} F1"
+          + ("; speed " + ", ".join(f"{p} {r['median']:.2f}x" for p, r in speed["student_x_teacher"].items())
+             if speed else ""))
+    save_result(f"distill{args.tag}", result)
+
+
+def reading_speed(models: dict[str, Path], read_questions: int, rounds: int) -> dict:
+    """The teacher and the distilled student taking turns on the first `read_questions` dev questions."""
     from spanqa.qa.squad import load_dataset
 
-    examples = load_dataset(dev).examples[:args.read_questions]
+    examples = load_dataset(SQUAD / "dev-v1.1.json.gz").examples[:read_questions]
     with tempfile.TemporaryDirectory() as tmp:
         readers = {}
         for name in ("teacher", "distilled"):
@@ -104,25 +124,13 @@ def main() -> None:
                 readers[f"{name}_{path}"] = reader
         load_before = load_average()
         rates = interleave({k: (lambda r=r: len(examples) / answer_with(r, examples)[0]) for k, r in readers.items()},
-                           args.rounds, warmup=lambda k: answer_with(readers[k], examples[:WARMUP_QUESTIONS]),
+                           rounds, warmup=lambda k: answer_with(readers[k], examples[:WARMUP_QUESTIONS]),
                            on_round=lambda i, k, q: print(f"round {i + 1} {k}: {q:.2f} questions/s", flush=True))
     speed = report(rates, "teacher_torch_fp32", load_before)
     speed["student_x_teacher"] = {path: ratio(rates[f"distilled_{path}"], rates[f"teacher_{path}"])
                                   for path in ("torch_fp32", "onnx_int8")}
     print_report(speed, "questions/s")
-    result = {"dev_full": {k: {"exact_match": v["exact_match"], "f1": v["f1"]} for k, v in scores.items()},
-              "train_minutes": train_minutes, "speed": speed, "teacher": args.teacher, "layers": args.layers,
-              "from_teacher": args.from_teacher, "alpha": args.alpha,
-              "questions": args.questions, "epochs": args.epochs, "read_questions": len(examples),
-              "student_command": "spanqa train " + shlex.join(settings),
-              "command": "python bench/distill.py " + shlex.join(sys.argv[1:])}
-    for name, s in result["dev_full"].items():
-        print(f"{name:10s} all of dev-v1.1: EM {s['exact_match']:.1f} F1 {s['f1']:.1f}  "
-              f"(training {train_minutes[name]:.1f} min)")
-    print(f"distillation adds {scores['distilled']['f1'] - scores['student']['f1']:+.2f} F1; "
-          f"student - teacher {scores['distilled']['f1'] - scores['teacher']['f1']:+.2f} F1; speed "
-          + ", ".join(f"{p} {r['median']:.2f}x" for p, r in speed["student_x_teacher"].items()))
-    save_result(f"distill{args.tag}", result)
+    return speed
 
 
 if __name__ == "__main__":
