@@ -292,8 +292,8 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
 
 def adamw(groups: list[dict], lr: float, eps: float) -> torch.optim.AdamW:
     """AdamW on torch's fused kernel (CPU since torch 2.4, CUDA): one pass over every parameter. torch's
-    default on CPU is its per-tensor loop, about ten passes over each tensor: about 200 ms a step for
-    MiniLM's 22.6M parameters on 2 cores, against about 30 fused (BENCHMARKS.md, "Fused AdamW")."""
+    default on CPU is its per-tensor loop, several passes over each tensor: 77-92 ms a step for MiniLM's
+    22.6M parameters on 2 cores, against 13-15 fused (bench/adamw.py; BENCHMARKS.md, "Fused AdamW")."""
     return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=True)
 
 
